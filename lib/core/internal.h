@@ -1,0 +1,196 @@
+/* Internal declarations shared by the core, the backends and the devices. Not installed. */
+#ifndef LIBVMM_CORE_INTERNAL_H
+#define LIBVMM_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include <libvmm/vmm.h>
+
+#define VMM_PAGE_SIZE 4096ull
+#define VMM_MAX_REGIONS 64
+#define VMM_MAX_VCPUS 64
+#define VMM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- logging ---- */
+void vmm__log(vmm_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bool vmm__log_enabled(vmm_log_level_t level);
+#define VMM_LOG_E(...) vmm__log(VMM_LOG_ERROR, __VA_ARGS__)
+#define VMM_LOG_W(...) vmm__log(VMM_LOG_WARN, __VA_ARGS__)
+#define VMM_LOG_I(...) vmm__log(VMM_LOG_INFO, __VA_ARGS__)
+#define VMM_LOG_D(...) vmm__log(VMM_LOG_DEBUG, __VA_ARGS__)
+
+/* ---- memory ---- */
+struct vmm_region {
+  uint64_t gpa;
+  uint64_t size;
+  uint32_t flags;      /* VMM_MEM_* */
+  int memfd;
+  uint8_t *hva;        /* The VMM's shared mapping of the whole memfd. */
+  uint32_t slot;       /* Stable id, unique while the region exists (a KVM slot number). */
+  bool dirty_log;
+  uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
+  void *backend_data;
+};
+
+/* ---- handlers ---- */
+enum vmm_handler_kind { VMM_HANDLER_PIO, VMM_HANDLER_MMIO, VMM_HANDLER_HYPERCALL };
+
+struct vmm_handler {
+  enum vmm_handler_kind kind;
+  uint64_t base;
+  uint64_t len;
+  vmm_io_fn io_fn;
+  vmm_hypercall_fn hc_fn;
+  void *user_data;
+};
+
+struct vmm_handler_vec {
+  struct vmm_handler **items; /* Sorted by base. */
+  size_t count;
+  size_t cap;
+};
+
+/* ---- backends ---- */
+
+/*
+ * One table per backend. The core calls these with the VM's or vCPU's lock discipline already
+ * applied: vcpu_* functions are called only from the thread that owns the vCPU at that moment,
+ * except vcpu_kick, which may come from any thread or a signal handler.
+ *
+ * Completion contract: vcpu_run() receives the exit it returned last time, with the data of an
+ * IO/MMIO read or the result of a hypercall filled in by the core. A backend that left such an
+ * instruction incomplete finishes it from that exit before running guest code. flush_pending()
+ * does the same without running guest code. set_regs() and set_state() first complete (or
+ * drop) whatever is pending, so the state written is exactly what runs next.
+ */
+struct vmm_backend_ops {
+  vmm_backend_t id;
+  const char *name;
+  int (*probe)(void);
+  int (*vm_init)(vmm_vm_t *vm);
+  void (*vm_fini)(vmm_vm_t *vm);
+  int (*region_add)(vmm_vm_t *vm, struct vmm_region *r);
+  void (*region_remove)(vmm_vm_t *vm, struct vmm_region *r);
+  int (*dirty_log_enable)(vmm_vm_t *vm, struct vmm_region *r, bool enable);
+  /* Gets and clears; bitmap has room for r->size / 4096 bits, zeroed by the caller. */
+  int (*dirty_log_get)(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
+  int (*vcpu_init)(vmm_vcpu_t *vcpu);
+  void (*vcpu_fini)(vmm_vcpu_t *vcpu);
+  int (*vcpu_run)(vmm_vcpu_t *vcpu, vmm_exit_t *exit);
+  int (*flush_pending)(vmm_vcpu_t *vcpu, const vmm_exit_t *exit);
+  void (*vcpu_kick)(vmm_vcpu_t *vcpu);
+  int (*get_regs)(vmm_vcpu_t *vcpu, vmm_regs_t *regs);
+  int (*set_regs)(vmm_vcpu_t *vcpu, const vmm_regs_t *regs);
+  int (*get_state)(vmm_vcpu_t *vcpu, vmm_cpu_state_t *state);
+  int (*set_state)(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *state);
+  int (*set_single_step)(vmm_vcpu_t *vcpu, bool enable);
+  /* Fills the 4 KiB hypercall page that will live at guest address gpa. */
+  int (*fill_hypercall_page)(vmm_vm_t *vm, uint64_t gpa, uint8_t *page);
+  int (*set_irq)(vmm_vm_t *vm, uint32_t irq, int level);
+  /* Appends backend counters; returns how many it has (may exceed cap). */
+  size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
+};
+
+extern const struct vmm_backend_ops vmm__kvm_ops;
+extern const struct vmm_backend_ops vmm__bt_ops;
+extern const struct vmm_backend_ops vmm__pv_ops;
+
+const struct vmm_backend_ops *vmm__backend_ops(vmm_backend_t id);
+
+/* ---- devices ---- */
+struct vmm_device_ops {
+  const char *type;
+  void (*destroy)(vmm_device_t *dev);
+};
+
+struct vmm_device {
+  const struct vmm_device_ops *ops;
+  vmm_vm_t *vm;
+  struct vmm_device *next;
+};
+
+void vmm__device_attach(vmm_vm_t *vm, vmm_device_t *dev);
+
+/* ---- VM and vCPU ---- */
+struct vmm_vm {
+  const struct vmm_backend_ops *ops;
+  vmm_backend_t backend;
+  uint32_t max_vcpus;
+  uint32_t flags;
+
+  pthread_mutex_t lock; /* Regions, vCPU table, devices. */
+  struct vmm_region *regions[VMM_MAX_REGIONS];
+  size_t nregions;
+  uint32_t next_slot;
+
+  pthread_rwlock_t bus_lock;
+  struct vmm_handler_vec pio;
+  struct vmm_handler_vec mmio;
+  struct vmm_handler *hypercalls[VMM_HC_COUNT];
+
+  vmm_console_fn console_fn;
+  void *console_user_data;
+
+  vmm_vcpu_t *vcpus[VMM_MAX_VCPUS];
+  atomic_int running;   /* vCPUs inside vmm_vcpu_run(). */
+  vmm_device_t *devices;
+
+  uint64_t hypercall_page_gpa; /* 0 when none was installed. */
+  uint64_t exc_stubs_gpa;      /* 0 when the exception stubs are not installed. */
+
+  void *backend_data;
+};
+
+enum { VMM_STAT_EXIT_FIRST = 0, VMM_STAT_NREASONS = 11 };
+
+struct vmm_vcpu {
+  vmm_vm_t *vm;
+  uint32_t index;
+  atomic_int running;
+  pthread_t run_thread;       /* Valid while running. */
+  vmm_exit_t cur;             /* What the backend returned last, with completions filled. */
+  uint32_t returned_reason;   /* Reason handed to the caller last time. */
+  bool exit_requested;
+  int64_t exit_status;
+  uint64_t exit_counts[VMM_STAT_NREASONS]; /* Exits the backend produced, by reason. */
+  uint64_t exits_to_caller;
+  uint64_t hypercalls;
+  void *backend_data;
+};
+
+/* Guest memory helpers for the core and backends; the caller holds no lock. */
+struct vmm_region *vmm__region_find(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+void *vmm__gpa_ptr(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+
+/* Dispatch of one backend exit: returns 1 when consumed (run again), 0 when the exit goes to
+ * the caller, or a negative VMM_E* code. */
+int vmm__dispatch(vmm_vcpu_t *vcpu, vmm_exit_t *exit);
+bool vmm__bus_has_mmio(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+
+int vmm__vm_create_with_ops(const vmm_vm_config_t *config, const struct vmm_backend_ops *ops,
+                            vmm_vm_t **out);
+void vmm__vcpu_free(vmm_vcpu_t *vcpu);
+void vmm__bus_free(vmm_vm_t *vm);
+/* Turns the exception stubs' port write into VMM_EXIT_EXCEPTION: 1 if it did, 0 if the write
+ * did not come from a stub, or a negative VMM_E* code. */
+int vmm__exception_from_stub(vmm_vcpu_t *vcpu, vmm_exit_t *exit);
+
+/* The hypercall page: (re)written for the VM's backend. */
+int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa);
+
+/* Segment descriptors <-> vmm_segment_t. */
+void vmm__segment_from_desc(uint64_t lo, uint64_t hi, uint16_t selector, vmm_segment_t *seg);
+uint64_t vmm__segment_to_desc(const vmm_segment_t *seg);
+int vmm__segment_load(vmm_vm_t *vm, const vmm_dtable_t *gdt, uint16_t selector,
+                      vmm_segment_t *seg);
+
+/* Internal error exit with a formatted message. */
+void vmm__exit_internal(vmm_exit_t *exit, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Error codes to and from host errno. */
+int vmm__from_errno(int err);
+
+#endif /* LIBVMM_CORE_INTERNAL_H */

@@ -1,0 +1,391 @@
+/* VM objects: creation, the guest memory map, host access to guest memory, dirty logs. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+
+static int vmm_vm_pick_backend(vmm_backend_t want, const struct vmm_backend_ops **ops_out) {
+  static const vmm_backend_t order[] = {VMM_BACKEND_KVM, VMM_BACKEND_BT, VMM_BACKEND_PV};
+  if (want != VMM_BACKEND_AUTO) {
+    int rc = vmm_backend_probe(want);
+    if (rc != 0) {
+      VMM_LOG_I("backend %s unavailable: %s", vmm_backend_name(want), vmm_strerror(rc));
+      return rc;
+    }
+    *ops_out = vmm__backend_ops(want);
+    return 0;
+  }
+  for (size_t i = 0; i < VMM_ARRAY_SIZE(order); i++) {
+    const struct vmm_backend_ops *ops = vmm__backend_ops(order[i]);
+    if (ops != NULL && ops->probe() == 0) {
+      *ops_out = ops;
+      return 0;
+    }
+  }
+  VMM_LOG_E("no backend can run on this host");
+  return VMM_ENODEV;
+}
+
+int vmm_vm_create(const vmm_vm_config_t *config, vmm_vm_t **out) {
+  if (out == NULL) return VMM_EINVAL;
+  *out = NULL;
+  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
+  if (config != NULL) {
+    if (config->struct_size < offsetof(vmm_vm_config_t, ram_size) + sizeof(uint64_t))
+      return VMM_EINVAL;
+    memcpy(&cfg, config,
+           config->struct_size < sizeof(cfg) ? config->struct_size : sizeof(cfg));
+  }
+  if (cfg.backend > VMM_BACKEND_PV) return VMM_EINVAL;
+  const struct vmm_backend_ops *ops = NULL;
+  int rc = vmm_vm_pick_backend((vmm_backend_t)cfg.backend, &ops);
+  if (rc != 0) return rc;
+  return vmm__vm_create_with_ops(&cfg, ops, out);
+}
+
+int vmm__vm_create_with_ops(const vmm_vm_config_t *cfg, const struct vmm_backend_ops *ops,
+                            vmm_vm_t **out) {
+  *out = NULL;
+  if (cfg->flags & ~(uint32_t)VMM_VM_NO_HUGEPAGES) return VMM_EINVAL;
+  if (cfg->max_vcpus > VMM_MAX_VCPUS) return VMM_ERANGE;
+  if (cfg->ram_size % VMM_PAGE_SIZE) return VMM_EINVAL;
+
+  vmm_vm_t *vm = calloc(1, sizeof(*vm));
+  if (vm == NULL) return VMM_ENOMEM;
+  vm->ops = ops;
+  vm->backend = ops->id;
+  vm->max_vcpus = cfg->max_vcpus ? cfg->max_vcpus : 1;
+  vm->flags = cfg->flags;
+  pthread_mutex_init(&vm->lock, NULL);
+  pthread_rwlock_init(&vm->bus_lock, NULL);
+
+  int rc = ops->vm_init(vm);
+  if (rc != 0) goto err_init;
+  if (cfg->ram_size) {
+    rc = vmm_vm_map_ram(vm, 0, cfg->ram_size, 0, NULL);
+    if (rc != 0) goto err_ram;
+  }
+  *out = vm;
+  return 0;
+
+err_ram:
+  vmm_vm_destroy(vm);
+  return rc;
+err_init:
+  pthread_rwlock_destroy(&vm->bus_lock);
+  pthread_mutex_destroy(&vm->lock);
+  free(vm);
+  return rc;
+}
+
+
+static void vmm_region_free(struct vmm_region *r) {
+  if (r->hva) munmap(r->hva, r->size);
+  if (r->memfd >= 0) close(r->memfd);
+  free(r->host_dirty);
+  free(r);
+}
+
+void vmm_vm_destroy(vmm_vm_t *vm) {
+  if (vm == NULL) return;
+  while (vm->devices) {
+    vmm_device_t *d = vm->devices;
+    vm->devices = d->next;
+    d->next = NULL;
+    d->vm = NULL;
+    d->ops->destroy(d);
+  }
+  for (size_t i = 0; i < VMM_MAX_VCPUS; i++) {
+    if (vm->vcpus[i]) vmm__vcpu_free(vm->vcpus[i]);
+    vm->vcpus[i] = NULL;
+  }
+  for (size_t i = 0; i < vm->nregions; i++) {
+    vm->ops->region_remove(vm, vm->regions[i]);
+    vmm_region_free(vm->regions[i]);
+  }
+  vm->nregions = 0;
+  vm->ops->vm_fini(vm);
+  vmm__bus_free(vm);
+  pthread_rwlock_destroy(&vm->bus_lock);
+  pthread_mutex_destroy(&vm->lock);
+  free(vm);
+}
+
+vmm_backend_t vmm_vm_backend(const vmm_vm_t *vm) { return vm ? vm->backend : VMM_BACKEND_AUTO; }
+
+/* Regions are kept sorted by address and never overlap, so a lookup is a short scan. */
+struct vmm_region *vmm__region_find(const vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
+  if (len == 0 || gpa + len < gpa) return NULL;
+  for (size_t i = 0; i < vm->nregions; i++) {
+    struct vmm_region *r = vm->regions[i];
+    if (gpa >= r->gpa && gpa - r->gpa < r->size) {
+      return (len <= r->size - (gpa - r->gpa)) ? r : NULL;
+    }
+  }
+  return NULL;
+}
+
+void *vmm__gpa_ptr(const vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
+  struct vmm_region *r = vmm__region_find(vm, gpa, len);
+  return r ? r->hva + (gpa - r->gpa) : NULL;
+}
+
+static bool vmm_ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+  return a < b + blen && b < a + alen;
+}
+
+int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, void **hva) {
+  if (hva) *hva = NULL;
+  if (vm == NULL || size == 0 || gpa % VMM_PAGE_SIZE || size % VMM_PAGE_SIZE) return VMM_EINVAL;
+  if (flags & ~(uint32_t)VMM_MEM_READONLY) return VMM_EINVAL;
+  if (gpa + size < gpa || gpa + size > (1ull << 52)) return VMM_ERANGE;
+  if (atomic_load(&vm->running)) return VMM_EBUSY;
+
+  pthread_mutex_lock(&vm->lock);
+  int rc = 0;
+  if (vm->nregions == VMM_MAX_REGIONS) {
+    rc = VMM_ELIMIT;
+    goto out_unlock;
+  }
+  for (size_t i = 0; i < vm->nregions; i++) {
+    if (vmm_ranges_overlap(gpa, size, vm->regions[i]->gpa, vm->regions[i]->size)) {
+      rc = VMM_EEXIST;
+      goto out_unlock;
+    }
+  }
+  if (vmm__bus_has_mmio(vm, gpa, size)) {
+    rc = VMM_EEXIST;
+    goto out_unlock;
+  }
+
+  struct vmm_region *r = calloc(1, sizeof(*r));
+  if (r == NULL) {
+    rc = VMM_ENOMEM;
+    goto out_unlock;
+  }
+  r->gpa = gpa;
+  r->size = size;
+  r->flags = flags;
+  r->slot = vm->next_slot++;
+  r->memfd = memfd_create("libvmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (r->memfd < 0) {
+    rc = vmm__from_errno(errno);
+    goto err_region;
+  }
+  if (ftruncate(r->memfd, (off_t)size) != 0) {
+    rc = errno == EFBIG ? VMM_ERANGE : vmm__from_errno(errno);
+    goto err_region;
+  }
+  /* Fixing the size keeps anyone holding the fd from shrinking it under a mapping. */
+  fcntl(r->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+  r->hva = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, r->memfd, 0);
+  if (r->hva == MAP_FAILED) {
+    r->hva = NULL;
+    rc = vmm__from_errno(errno);
+    goto err_region;
+  }
+  if (!(vm->flags & VMM_VM_NO_HUGEPAGES)) madvise(r->hva, size, MADV_HUGEPAGE);
+
+  rc = vm->ops->region_add(vm, r);
+  if (rc != 0) goto err_region;
+
+  size_t pos = 0;
+  while (pos < vm->nregions && vm->regions[pos]->gpa < gpa) pos++;
+  memmove(&vm->regions[pos + 1], &vm->regions[pos],
+          (vm->nregions - pos) * sizeof(vm->regions[0]));
+  vm->regions[pos] = r;
+  vm->nregions++;
+  if (hva) *hva = r->hva;
+  pthread_mutex_unlock(&vm->lock);
+  return 0;
+
+err_region:
+  vmm_region_free(r);
+out_unlock:
+  pthread_mutex_unlock(&vm->lock);
+  return rc;
+}
+
+int vmm_vm_unmap_ram(vmm_vm_t *vm, uint64_t gpa) {
+  if (vm == NULL) return VMM_EINVAL;
+  if (atomic_load(&vm->running)) return VMM_EBUSY;
+  pthread_mutex_lock(&vm->lock);
+  for (size_t i = 0; i < vm->nregions; i++) {
+    struct vmm_region *r = vm->regions[i];
+    if (r->gpa != gpa) continue;
+    vm->ops->region_remove(vm, r);
+    memmove(&vm->regions[i], &vm->regions[i + 1],
+            (vm->nregions - i - 1) * sizeof(vm->regions[0]));
+    vm->nregions--;
+    pthread_mutex_unlock(&vm->lock);
+    vmm_region_free(r);
+    return 0;
+  }
+  pthread_mutex_unlock(&vm->lock);
+  return VMM_ENOENT;
+}
+
+int vmm_vm_ram_regions(const vmm_vm_t *vm, vmm_ram_region_t *out, size_t cap, size_t *count) {
+  if (vm == NULL || count == NULL || (out == NULL && cap)) return VMM_EINVAL;
+  for (size_t i = 0; i < vm->nregions && i < cap; i++) {
+    out[i].gpa = vm->regions[i]->gpa;
+    out[i].size = vm->regions[i]->size;
+    out[i].flags = vm->regions[i]->flags;
+    out[i].reserved = 0;
+  }
+  *count = vm->nregions;
+  return 0;
+}
+
+/* Walks [gpa, gpa+len) region by region; every byte must be RAM. */
+static int vmm_vm_access(vmm_vm_t *vm, uint64_t gpa, void *buf, size_t len, bool write) {
+  if (vm == NULL || (buf == NULL && len)) return VMM_EINVAL;
+  if (gpa + len < gpa) return VMM_EFAULT;
+  uint8_t *p = buf;
+  while (len) {
+    struct vmm_region *r = vmm__region_find(vm, gpa, 1);
+    if (r == NULL) return VMM_EFAULT;
+    uint64_t off = gpa - r->gpa;
+    size_t n = r->size - off < len ? (size_t)(r->size - off) : len;
+    if (write) {
+      memcpy(r->hva + off, p, n);
+      if (r->dirty_log && r->host_dirty) {
+        for (uint64_t pg = off / VMM_PAGE_SIZE; pg <= (off + n - 1) / VMM_PAGE_SIZE; pg++)
+          __atomic_fetch_or(&r->host_dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);
+      }
+    } else {
+      memcpy(p, r->hva + off, n);
+    }
+    p += n;
+    gpa += n;
+    len -= n;
+  }
+  return 0;
+}
+
+int vmm_vm_read(const vmm_vm_t *vm, uint64_t gpa, void *buf, size_t len) {
+  return vmm_vm_access((vmm_vm_t *)vm, gpa, buf, len, false);
+}
+
+int vmm_vm_write(vmm_vm_t *vm, uint64_t gpa, const void *buf, size_t len) {
+  return vmm_vm_access(vm, gpa, (void *)buf, len, true);
+}
+
+int vmm_vm_gpa_to_hva(vmm_vm_t *vm, uint64_t gpa, size_t len, void **hva) {
+  if (vm == NULL || hva == NULL) return VMM_EINVAL;
+  *hva = vmm__gpa_ptr(vm, gpa, len ? len : 1);
+  return *hva ? 0 : VMM_EFAULT;
+}
+
+static struct vmm_region *vmm_region_at(vmm_vm_t *vm, uint64_t gpa) {
+  for (size_t i = 0; i < vm->nregions; i++)
+    if (vm->regions[i]->gpa == gpa) return vm->regions[i];
+  return NULL;
+}
+
+static size_t vmm_bitmap_bytes(uint64_t size) {
+  return (size_t)((size / VMM_PAGE_SIZE + 63) / 64 * 8);
+}
+
+int vmm_vm_dirty_log_enable(vmm_vm_t *vm, uint64_t gpa, int enable) {
+  if (vm == NULL) return VMM_EINVAL;
+  pthread_mutex_lock(&vm->lock);
+  int rc = 0;
+  struct vmm_region *r = vmm_region_at(vm, gpa);
+  if (r == NULL) {
+    rc = VMM_ENOENT;
+    goto out;
+  }
+  if (!!enable == r->dirty_log) goto out;
+  if (vm->ops->dirty_log_enable == NULL) {
+    rc = VMM_ENOSYS;
+    goto out;
+  }
+  if (enable && r->host_dirty == NULL) {
+    r->host_dirty = calloc(1, vmm_bitmap_bytes(r->size));
+    if (r->host_dirty == NULL) {
+      rc = VMM_ENOMEM;
+      goto out;
+    }
+  }
+  rc = vm->ops->dirty_log_enable(vm, r, enable != 0);
+  if (rc == 0) r->dirty_log = enable != 0;
+out:
+  pthread_mutex_unlock(&vm->lock);
+  return rc;
+}
+
+int vmm_vm_dirty_log_get(vmm_vm_t *vm, uint64_t gpa, uint64_t *bitmap, size_t bitmap_bytes) {
+  if (vm == NULL || bitmap == NULL) return VMM_EINVAL;
+  pthread_mutex_lock(&vm->lock);
+  int rc = 0;
+  struct vmm_region *r = vmm_region_at(vm, gpa);
+  if (r == NULL) {
+    rc = VMM_ENOENT;
+    goto out;
+  }
+  if (!r->dirty_log) {
+    rc = VMM_ESTATE;
+    goto out;
+  }
+  size_t need = vmm_bitmap_bytes(r->size);
+  if (bitmap_bytes < need) {
+    rc = VMM_ERANGE;
+    goto out;
+  }
+  memset(bitmap, 0, need);
+  rc = vm->ops->dirty_log_get(vm, r, bitmap);
+  if (rc == 0) {
+    for (size_t i = 0; i < need / 8; i++)
+      bitmap[i] |= __atomic_exchange_n(&r->host_dirty[i], 0, __ATOMIC_RELAXED);
+  }
+out:
+  pthread_mutex_unlock(&vm->lock);
+  return rc;
+}
+
+int vmm_vm_set_console(vmm_vm_t *vm, vmm_console_fn fn, void *user_data) {
+  if (vm == NULL) return VMM_EINVAL;
+  pthread_rwlock_wrlock(&vm->bus_lock);
+  vm->console_fn = fn;
+  vm->console_user_data = user_data;
+  pthread_rwlock_unlock(&vm->bus_lock);
+  return 0;
+}
+
+int vmm_vm_set_irq(vmm_vm_t *vm, uint32_t irq, int level) {
+  if (vm == NULL) return VMM_EINVAL;
+  if (vm->ops->set_irq == NULL) return VMM_ENOSYS;
+  return vm->ops->set_irq(vm, irq, level);
+}
+
+void vmm__device_attach(vmm_vm_t *vm, vmm_device_t *dev) {
+  pthread_mutex_lock(&vm->lock);
+  dev->vm = vm;
+  dev->next = vm->devices;
+  vm->devices = dev;
+  pthread_mutex_unlock(&vm->lock);
+}
+
+void vmm_device_destroy(vmm_device_t *dev) {
+  if (dev == NULL) return;
+  vmm_vm_t *vm = dev->vm;
+  if (vm) {
+    pthread_mutex_lock(&vm->lock);
+    for (vmm_device_t **pp = &vm->devices; *pp; pp = &(*pp)->next) {
+      if (*pp == dev) {
+        *pp = dev->next;
+        break;
+      }
+    }
+    pthread_mutex_unlock(&vm->lock);
+  }
+  dev->ops->destroy(dev);
+}
+
+const char *vmm_device_type(const vmm_device_t *dev) { return dev ? dev->ops->type : NULL; }

@@ -1,0 +1,221 @@
+/* 16550A UART: enough of the chip for a Linux console and for polled guest drivers.
+ * Transmission is instantaneous (THR is always empty); received bytes wait in a bounded ring
+ * filled by vmm_uart_input() from any thread. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/internal.h"
+
+enum {
+  UART_RBR_THR = 0, UART_IER = 1, UART_IIR_FCR = 2, UART_LCR = 3,
+  UART_MCR = 4, UART_LSR = 5, UART_MSR = 6, UART_SCR = 7,
+};
+
+#define IER_RDA 0x01
+#define IER_THRE 0x02
+#define IER_RLS 0x04
+#define IER_MSI 0x08
+#define IIR_NONE 0x01
+#define IIR_THRE 0x02
+#define IIR_RDA 0x04
+#define IIR_FIFO 0xc0
+#define LCR_DLAB 0x80
+#define MCR_OUT2 0x08
+#define MCR_LOOP 0x10
+#define LSR_DR 0x01
+#define LSR_THRE 0x20
+#define LSR_TEMT 0x40
+#define FCR_ENABLE 0x01
+#define FCR_CLEAR_RX 0x02
+
+struct vmm_uart {
+  struct vmm_device dev;
+  vmm_handler_t *handler;
+  vmm_uart_config_t cfg;
+
+  pthread_mutex_t lock;
+  uint8_t ier, lcr, mcr, scr, fcr, dll, dlm;
+  bool thre_pending;
+  bool irq_level;
+  uint8_t *rx;
+  uint32_t rx_cap, rx_head, rx_count;
+};
+
+static bool vmm_uart_rx_ready(const struct vmm_uart *u) { return u->rx_count > 0; }
+
+static uint8_t vmm_uart_iir(const struct vmm_uart *u) {
+  uint8_t fifo = (u->fcr & FCR_ENABLE) ? IIR_FIFO : 0;
+  if ((u->ier & IER_RDA) && vmm_uart_rx_ready(u)) return IIR_RDA | fifo;
+  if ((u->ier & IER_THRE) && u->thre_pending) return IIR_THRE | fifo;
+  return IIR_NONE | fifo;
+}
+
+/* Called with the lock held; the line is only driven when it changes. */
+static void vmm_uart_update_irq(struct vmm_uart *u) {
+  bool level = !(vmm_uart_iir(u) & IIR_NONE) && (u->mcr & MCR_OUT2);
+  if (level == u->irq_level || u->cfg.irq < 0 || u->dev.vm == NULL) return;
+  u->irq_level = level;
+  vmm_vm_set_irq(u->dev.vm, (uint32_t)u->cfg.irq, level);
+}
+
+static void vmm_uart_rx_push(struct vmm_uart *u, uint8_t b) {
+  if (u->rx_count == u->rx_cap) return; /* Overrun: the byte is lost, as on the chip. */
+  u->rx[(u->rx_head + u->rx_count) % u->rx_cap] = b;
+  u->rx_count++;
+}
+
+static void vmm_uart_transmit(struct vmm_uart *u, uint8_t b) {
+  if (u->mcr & MCR_LOOP) {
+    vmm_uart_rx_push(u, b);
+    return;
+  }
+  if (u->cfg.out_fn) {
+    u->cfg.out_fn((const char *)&b, 1, u->cfg.out_user_data);
+  } else if (u->cfg.out_fd >= 0) {
+    /* A sink that cannot take the byte right now loses it; the guest never waits on the host. */
+    while (write(u->cfg.out_fd, &b, 1) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+static uint8_t vmm_uart_read(struct vmm_uart *u, unsigned reg) {
+  switch (reg) {
+    case UART_RBR_THR: {
+      if (u->lcr & LCR_DLAB) return u->dll;
+      if (!vmm_uart_rx_ready(u)) return 0;
+      uint8_t b = u->rx[u->rx_head];
+      u->rx_head = (u->rx_head + 1) % u->rx_cap;
+      u->rx_count--;
+      return b;
+    }
+    case UART_IER: return (u->lcr & LCR_DLAB) ? u->dlm : u->ier;
+    case UART_IIR_FCR: {
+      uint8_t iir = vmm_uart_iir(u);
+      /* Reading IIR acknowledges a THRE interrupt. */
+      if ((iir & 0x0f) == IIR_THRE) u->thre_pending = false;
+      return iir;
+    }
+    case UART_LCR: return u->lcr;
+    case UART_MCR: return u->mcr;
+    case UART_LSR: return LSR_THRE | LSR_TEMT | (vmm_uart_rx_ready(u) ? LSR_DR : 0);
+    case UART_MSR:
+      if (u->mcr & MCR_LOOP) {
+        /* Loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD. */
+        return (uint8_t)(((u->mcr & 0x01) << 5) | ((u->mcr & 0x02) << 3) |
+                         ((u->mcr & 0x04) << 4) | ((u->mcr & 0x08) << 4));
+      }
+      return 0xb0; /* DCD, DSR, CTS: a terminal is attached. */
+    case UART_SCR: return u->scr;
+    default: return 0xff;
+  }
+}
+
+static void vmm_uart_write(struct vmm_uart *u, unsigned reg, uint8_t v) {
+  switch (reg) {
+    case UART_RBR_THR:
+      if (u->lcr & LCR_DLAB) {
+        u->dll = v;
+      } else {
+        vmm_uart_transmit(u, v);
+        u->thre_pending = true;
+      }
+      break;
+    case UART_IER:
+      if (u->lcr & LCR_DLAB) {
+        u->dlm = v;
+      } else {
+        /* Enabling the THRE interrupt with THR empty raises it at once. */
+        if ((v & IER_THRE) && !(u->ier & IER_THRE)) u->thre_pending = true;
+        u->ier = v & 0x0f;
+      }
+      break;
+    case UART_IIR_FCR:
+      u->fcr = v & 0xc9;
+      if (v & FCR_CLEAR_RX) u->rx_head = u->rx_count = 0;
+      break;
+    case UART_LCR: u->lcr = v; break;
+    case UART_MCR: u->mcr = v & 0x1f; break;
+    case UART_SCR: u->scr = v; break;
+    default: break; /* LSR and MSR are read-only. */
+  }
+}
+
+static int vmm_uart_io(vmm_vcpu_t *vcpu, uint64_t offset, uint32_t size, int is_write,
+                       uint64_t *data, void *user_data) {
+  (void)vcpu;
+  struct vmm_uart *u = user_data;
+  pthread_mutex_lock(&u->lock);
+  /* Wider accesses touch consecutive registers, lowest byte first. */
+  uint64_t out = 0;
+  for (uint32_t i = 0; i < size && offset + i < 8; i++) {
+    if (is_write)
+      vmm_uart_write(u, (unsigned)(offset + i), (uint8_t)(*data >> (8 * i)));
+    else
+      out |= (uint64_t)vmm_uart_read(u, (unsigned)(offset + i)) << (8 * i);
+  }
+  if (!is_write) *data = out;
+  vmm_uart_update_irq(u);
+  pthread_mutex_unlock(&u->lock);
+  return VMM_HANDLED;
+}
+
+static void vmm_uart_destroy(vmm_device_t *dev) {
+  struct vmm_uart *u = (struct vmm_uart *)dev;
+  if (dev->vm) vmm_vm_remove_handler(dev->vm, u->handler);
+  pthread_mutex_destroy(&u->lock);
+  free(u->rx);
+  free(u);
+}
+
+static const struct vmm_device_ops vmm_uart_ops = {"uart16550", vmm_uart_destroy};
+
+int vmm_uart_create(vmm_vm_t *vm, const vmm_uart_config_t *config, vmm_device_t **out) {
+  if (out) *out = NULL;
+  if (vm == NULL || config == NULL || config->struct_size < offsetof(vmm_uart_config_t, reserved))
+    return VMM_EINVAL;
+  vmm_uart_config_t cfg = VMM_UART_CONFIG_INIT;
+  memcpy(&cfg, config, config->struct_size < sizeof(cfg) ? config->struct_size : sizeof(cfg));
+  if (cfg.port == 0) cfg.port = 0x3f8;
+  if (cfg.port > 0xfff8 || cfg.rx_capacity > (64u << 20)) return VMM_EINVAL;
+  if (cfg.rx_capacity == 0) cfg.rx_capacity = 4096;
+
+  struct vmm_uart *u = calloc(1, sizeof(*u));
+  if (u == NULL) return VMM_ENOMEM;
+  u->rx = malloc(cfg.rx_capacity);
+  if (u->rx == NULL) {
+    free(u);
+    return VMM_ENOMEM;
+  }
+  u->dev.ops = &vmm_uart_ops;
+  u->cfg = cfg;
+  u->rx_cap = cfg.rx_capacity;
+  u->lcr = 0x03;
+  u->dll = 0x0c;
+  pthread_mutex_init(&u->lock, NULL);
+  int rc = vmm_vm_add_pio_handler(vm, cfg.port, 8, vmm_uart_io, u, &u->handler);
+  if (rc) {
+    pthread_mutex_destroy(&u->lock);
+    free(u->rx);
+    free(u);
+    return rc;
+  }
+  vmm__device_attach(vm, &u->dev);
+  if (out) *out = &u->dev;
+  return 0;
+}
+
+int vmm_uart_input(vmm_device_t *dev, const void *data, size_t len, size_t *accepted) {
+  if (accepted) *accepted = 0;
+  if (dev == NULL || dev->ops != &vmm_uart_ops || (data == NULL && len)) return VMM_EINVAL;
+  struct vmm_uart *u = (struct vmm_uart *)dev;
+  const uint8_t *p = data;
+  size_t n = 0;
+  pthread_mutex_lock(&u->lock);
+  while (n < len && u->rx_count < u->rx_cap) vmm_uart_rx_push(u, p[n++]);
+  vmm_uart_update_irq(u);
+  pthread_mutex_unlock(&u->lock);
+  if (accepted) *accepted = n;
+  return 0;
+}
