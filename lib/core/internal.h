@@ -64,6 +64,12 @@ struct vmm_handler_vec {
  * instruction incomplete finishes it from that exit before running guest code. flush_pending()
  * does the same without running guest code. set_regs() and set_state() first complete (or
  * drop) whatever is pending, so the state written is exactly what runs next.
+ *
+ * Fast dispatch: a backend may hand an exit to vmm__dispatch() itself, without returning from
+ * vcpu_run() (bt does this for hypercalls from translated code). When vmm__dispatch() returns
+ * 1 the exit was consumed and the guest continues, unless vcpu->exit_requested became true, in
+ * which case vcpu_run() must return soon (with any exit). When it returns 0, vcpu_run() returns
+ * that exit with vcpu->predispatched set, so that the core does not dispatch it twice.
  */
 struct vmm_backend_ops {
   vmm_backend_t id;
@@ -153,6 +159,7 @@ struct vmm_vcpu {
   vmm_exit_t cur;             /* What the backend returned last, with completions filled. */
   uint32_t returned_reason;   /* Reason handed to the caller last time. */
   bool exit_requested;
+  bool predispatched;         /* Set by a backend that already dispatched cur (see above). */
   int64_t exit_status;
   uint64_t exit_counts[VMM_STAT_NREASONS]; /* Exits the backend produced, by reason. */
   uint64_t exits_to_caller;

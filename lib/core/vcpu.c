@@ -84,7 +84,8 @@ int vmm_vcpu_run(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
     if (rc != 0) break;
     uint32_t reason = vcpu->cur.reason;
     if (reason < VMM_STAT_NREASONS) vcpu->exit_counts[reason]++;
-    rc = vmm__dispatch(vcpu, &vcpu->cur);
+    rc = vcpu->predispatched ? 0 : vmm__dispatch(vcpu, &vcpu->cur);
+    vcpu->predispatched = false;
     if (rc < 0) break;
     if (vcpu->exit_requested) {
       memset(exit, 0, sizeof(*exit));
