@@ -39,7 +39,5 @@ int main(struct vmm_boot_info *bi) {
   vmm_printf("crc32=%08x\n", crc32(buf, sizeof(buf)));
   vmm_printf("fnv1a=%016lx\n", fnv1a(buf, sizeof(buf)));
   vmm_printf("acc=%016lx sdiv=%ld fib=%lu\n", acc, sdiv, fib(24));
-  /* Leave recognizable values in callee-saved registers for the register comparison. */
-  __asm__ volatile("mov %0, %%rbx" ::"r"(acc) : "rbx");
   return (int)(crc32(buf, 4096) & 0x7f);
 }

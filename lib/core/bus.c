@@ -137,19 +137,14 @@ int vmm_vm_add_hypercall_handler(vmm_vm_t *vm, uint64_t nr, vmm_hypercall_fn fn,
 
 int vmm_vm_remove_handler(vmm_vm_t *vm, vmm_handler_t *h) {
   if (vm == NULL || h == NULL) return VMM_EINVAL;
-  bool found = false;
+  /* Found by identity first: a handle that is not registered is never dereferenced. */
   pthread_rwlock_wrlock(&vm->bus_lock);
-  switch (h->kind) {
-    case VMM_HANDLER_PIO: found = vmm_vec_remove(&vm->pio, h); break;
-    case VMM_HANDLER_MMIO: found = vmm_vec_remove(&vm->mmio, h); break;
-    case VMM_HANDLER_HYPERCALL:
-      for (size_t i = 0; i < VMM_HC_COUNT; i++) {
-        if (vm->hypercalls[i] == h) {
-          vm->hypercalls[i] = NULL;
-          found = true;
-        }
-      }
-      break;
+  bool found = vmm_vec_remove(&vm->pio, h) || vmm_vec_remove(&vm->mmio, h);
+  for (size_t i = 0; !found && i < VMM_HC_COUNT; i++) {
+    if (vm->hypercalls[i] == h) {
+      vm->hypercalls[i] = NULL;
+      found = true;
+    }
   }
   pthread_rwlock_unlock(&vm->bus_lock);
   if (!found) return VMM_ENOENT;

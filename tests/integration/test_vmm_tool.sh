@@ -1,0 +1,67 @@
+#!/bin/sh
+# Tests of the `vmm` command: usage errors, version, and runs of the test guests on every
+# backend this host has (exit statuses, console output, timeouts, bad images).
+# usage: test_vmm_tool.sh VMM GUEST_DIR
+set -u
+VMM=$1
+G=$2
+fails=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+check() { # check NAME WANT_STATUS WANT_STDOUT_SUBSTRING CMD...
+  name=$1; want=$2; out=$3; shift 3
+  "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+  st=$?
+  if [ "$st" != "$want" ]; then
+    echo "FAIL $name: status $st, want $want"; sed 's/^/     stderr: /' "$tmp/err"; fails=$((fails+1)); return
+  fi
+  if [ -n "$out" ] && ! grep -qF -- "$out" "$tmp/out"; then
+    echo "FAIL $name: stdout lacks '$out'"; sed 's/^/     stdout: /' "$tmp/out"; fails=$((fails+1)); return
+  fi
+  echo "PASS $name"
+}
+
+check_err() { # check_err NAME WANT_STATUS WANT_STDERR_SUBSTRING CMD...
+  name=$1; want=$2; err=$3; shift 3
+  "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+  st=$?
+  if [ "$st" != "$want" ] || ! grep -qF -- "$err" "$tmp/err"; then
+    echo "FAIL $name: status $st (want $want), stderr:"; sed 's/^/     /' "$tmp/err"; fails=$((fails+1)); return
+  fi
+  echo "PASS $name"
+}
+
+check "help" 0 "usage: vmm run" "$VMM" --help
+check "version" 0 "vmm 0." "$VMM" version
+check_err "no command" 125 "missing command" "$VMM"
+check_err "unknown command" 125 "unknown command" "$VMM" frobnicate
+check_err "unknown backend" 125 "unknown backend" "$VMM" run --backend xen "$G/hello.elf"
+check_err "bad memory size" 125 "bad memory size" "$VMM" run --mem 3 "$G/hello.elf"
+check_err "bad cpl" 125 "--cpl takes 0 or 3" "$VMM" run --cpl 2 "$G/hello.elf"
+check_err "no image" 125 "exactly one IMAGE" "$VMM" run
+
+ran=0
+for b in kvm bt pv; do
+  if ! "$VMM" version | grep -q "backend $b  *available"; then
+    why=$("$VMM" version | grep "backend $b" | sed 's/.*unavailable: //')
+    echo "SKIP backend $b: $why"
+    check_err "$b refused when unavailable" 125 "cannot create a VM on backend $b" "$VMM" run --backend "$b" "$G/hello.elf"
+    continue
+  fi
+  ran=1
+  check "$b hello cpl0" 0 "Hello from a libvmm guest!" "$VMM" run --backend "$b" "$G/hello.elf"
+  check "$b hello cpl3" 0 "cpl=3" "$VMM" run --backend "$b" --cpl 3 "$G/hello.elf"
+  check "$b exit hypercall status" 42 "" "$VMM" run --backend "$b" "$G/exitcode.elf"
+  check "$b debug-exit status" 67 "" "$VMM" run --backend "$b" --cmdline port "$G/exitcode.elf"
+  check "$b hlt ends with 0" 0 "halting" "$VMM" run --backend "$b" "$G/halt.elf"
+  check_err "$b exception" 121 "#UD (vector 6)" "$VMM" run --backend "$b" "$G/ud.elf"
+  check_err "$b cpl3 #GP" 121 "#GP (vector 13)" "$VMM" run --backend "$b" --cpl 3 "$G/cpl3.elf"
+  check_err "$b timeout" 124 "timeout" "$VMM" run --backend "$b" --timeout 1 "$G/spin.elf"
+  check_err "$b bad image" 125 "cannot load" "$VMM" run --backend "$b" "$VMM"
+  check_err "$b missing image" 125 "cannot load" "$VMM" run --backend "$b" "$tmp/nonexistent"
+  check_err "$b image larger than RAM" 125 "cannot load" "$VMM" run --backend "$b" --mem 2M --flat 0x100000 "$VMM"
+done
+[ "$ran" = 1 ] || echo "SKIP guest runs: no backend can run on this host"
+[ "$fails" = 0 ] && echo "OK" || echo "FAILED: $fails"
+[ "$fails" = 0 ]

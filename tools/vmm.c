@@ -1,0 +1,393 @@
+/* The `vmm` command: runs a guest image in a VM on any backend. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <libvmm/vmm.h>
+#include <uv.h>
+
+/* Exit statuses of `vmm run` besides the guest's own. */
+enum {
+  VMM_TOOL_EXCEPTION = 121,
+  VMM_TOOL_SHUTDOWN = 122,
+  VMM_TOOL_INTERNAL = 123,
+  VMM_TOOL_TIMEOUT = 124,
+  VMM_TOOL_USAGE = 125,
+};
+
+static const char *const vmm_usage_text =
+    "usage: vmm run [options] IMAGE\n"
+    "       vmm version\n"
+    "       vmm --help\n"
+    "\n"
+    "Runs IMAGE (an ELF64 executable, or a raw binary with --flat) in 64-bit long mode with\n"
+    "identity-mapped RAM. Ports 0xe9 and 0x3f8 print to stdout, stdin feeds the serial port,\n"
+    "port 0xf4 ends the VM with status (v << 1) | 1, the exit hypercall with its code, and\n"
+    "HLT with interrupts off with status 0.\n"
+    "\n"
+    "options of run:\n"
+    "  -b, --backend NAME   auto (default), kvm, bt or pv\n"
+    "  -m, --mem SIZE       guest RAM, e.g. 64M or 1G (default 64M); K, M, G suffixes\n"
+    "  -c, --cpl N          0 (default) or 3: start in user mode with IOPL 3\n"
+    "  -t, --timeout SECS   stop the guest after SECS seconds (status 124)\n"
+    "  -f, --flat ADDR      IMAGE is a raw binary loaded and entered at ADDR\n"
+    "  -a, --cmdline TEXT   command line passed to the guest in its boot info\n"
+    "  -s, --stats          print the vCPU counters to stderr at the end\n"
+    "  -v, --verbose        log library messages to stderr (twice: debug)\n"
+    "\n"
+    "exit status: the guest's status (0-255), or 121 guest exception, 122 guest shutdown\n"
+    "(triple fault), 123 internal error, 124 timeout, 125 bad usage, image or backend.\n";
+
+struct vmm_run_opts {
+  vmm_backend_t backend;
+  uint64_t mem;
+  unsigned cpl;
+  double timeout;
+  int flat;
+  uint64_t flat_addr;
+  const char *cmdline;
+  int stats;
+  int verbose;
+  const char *image;
+};
+
+struct vmm_runner {
+  vmm_vcpu_t *vcpu;
+  vmm_device_t *uart;
+  uv_loop_t loop;
+  uv_timer_t timer;
+  uv_async_t stop;
+  union {
+    uv_tty_t tty;
+    uv_pipe_t pipe;
+  } in;
+  int have_in;
+  atomic_int timed_out;
+};
+
+static void vmm_log_stderr(vmm_log_level_t level, const char *msg, void *ud) {
+  (void)ud;
+  static const char *const names[] = {"error", "warning", "info", "debug"};
+  fprintf(stderr, "libvmm %s: %s\n", names[level], msg);
+}
+
+static void vmm_write_stdout(const char *data, size_t len, void *ud) {
+  (void)ud;
+  while (len) {
+    ssize_t n = write(STDOUT_FILENO, data, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return; /* A closed stdout loses guest output; the guest keeps running. */
+    data += n;
+    len -= (size_t)n;
+  }
+}
+
+static int vmm_parse_size(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno || end == s) return -1;
+  uint64_t mul = 1;
+  switch (*end) {
+    case 'k': case 'K': mul = 1ull << 10; end++; break;
+    case 'm': case 'M': mul = 1ull << 20; end++; break;
+    case 'g': case 'G': mul = 1ull << 30; end++; break;
+    default: break;
+  }
+  if (*end == 'i' || *end == 'B') end++;
+  if (*end == 'B') end++;
+  if (*end != '\0' || v > UINT64_MAX / mul) return -1;
+  *out = v * mul;
+  return 0;
+}
+
+/* ---- the host side of the run: libuv loop on its own thread ---- */
+
+static void vmm_on_timeout(uv_timer_t *t) {
+  struct vmm_runner *r = t->data;
+  atomic_store(&r->timed_out, 1);
+  vmm_vcpu_kick(r->vcpu);
+}
+
+static void vmm_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)h;
+  static char storage[4096];
+  (void)hint;
+  *buf = uv_buf_init(storage, sizeof(storage));
+}
+
+static void vmm_on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  struct vmm_runner *r = s->data;
+  if (n < 0) {
+    uv_read_stop(s);
+    return;
+  }
+  size_t accepted = 0;
+  vmm_uart_input(r->uart, buf->base, (size_t)n, &accepted);
+}
+
+static void vmm_close_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void vmm_on_stop(uv_async_t *a) { uv_walk(a->loop, vmm_close_cb, NULL); }
+
+static void vmm_loop_thread(void *arg) {
+  struct vmm_runner *r = arg;
+  uv_run(&r->loop, UV_RUN_DEFAULT);
+}
+
+static int vmm_runner_start(struct vmm_runner *r, double timeout, uv_thread_t *tid) {
+  if (uv_loop_init(&r->loop) != 0) return -1;
+  uv_async_init(&r->loop, &r->stop, vmm_on_stop);
+  r->stop.data = r;
+  if (timeout > 0) {
+    uv_timer_init(&r->loop, &r->timer);
+    r->timer.data = r;
+    uv_timer_start(&r->timer, vmm_on_timeout, (uint64_t)(timeout * 1000.0), 0);
+  }
+  uv_handle_type t = uv_guess_handle(STDIN_FILENO);
+  if (t == UV_TTY && uv_tty_init(&r->loop, &r->in.tty, STDIN_FILENO, 1) == 0) {
+    r->have_in = 1;
+  } else if (t == UV_NAMED_PIPE && uv_pipe_init(&r->loop, &r->in.pipe, 0) == 0) {
+    if (uv_pipe_open(&r->in.pipe, STDIN_FILENO) == 0) r->have_in = 1;
+  }
+  if (r->have_in) {
+    uv_stream_t *s = (uv_stream_t *)&r->in;
+    s->data = r;
+    uv_read_start(s, vmm_on_alloc, vmm_on_stdin);
+  }
+  return uv_thread_create(tid, vmm_loop_thread, r);
+}
+
+static void vmm_runner_stop(struct vmm_runner *r, uv_thread_t *tid) {
+  uv_async_send(&r->stop);
+  uv_thread_join(tid);
+  uv_loop_close(&r->loop);
+}
+
+/* ---- vmm run ---- */
+
+static const char *vmm_vector_name(unsigned v) {
+  static const char *const names[] = {"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM",
+                                      "#DF", "#MF", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
+                                      "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"};
+  return v < sizeof(names) / sizeof(names[0]) ? names[v] : "#?";
+}
+
+static int vmm_run_loop(vmm_vcpu_t *vcpu, struct vmm_runner *runner) {
+  vmm_exit_t exit;
+  memset(&exit, 0, sizeof(exit));
+  unsigned warned_io = 0, warned_mmio = 0, warned_hc = 0;
+  for (;;) {
+    int rc = vmm_vcpu_run(vcpu, &exit);
+    if (rc != 0) {
+      fprintf(stderr, "vmm: run failed: %s\n", vmm_strerror(rc));
+      return VMM_TOOL_INTERNAL;
+    }
+    switch (exit.reason) {
+      case VMM_EXIT_GUEST_EXIT: return (int)(exit.guest_exit.status & 0xff);
+      case VMM_EXIT_HLT: return 0;
+      case VMM_EXIT_KICKED:
+        if (atomic_load(&runner->timed_out)) {
+          fprintf(stderr, "vmm: timeout: guest still running, stopped\n");
+          return VMM_TOOL_TIMEOUT;
+        }
+        break;
+      case VMM_EXIT_IO:
+        /* No device there: reads see all-ones, writes vanish, as on a PC bus. */
+        if (warned_io++ < 8)
+          fprintf(stderr, "vmm: guest %s unclaimed port %#x\n", exit.io.is_write ? "wrote" : "read",
+                  exit.io.port);
+        break;
+      case VMM_EXIT_MMIO:
+        if (warned_mmio++ < 8)
+          fprintf(stderr, "vmm: guest %s unclaimed physical address %#" PRIx64 "\n",
+                  exit.mmio.is_write ? "wrote" : "read", exit.mmio.gpa);
+        break;
+      case VMM_EXIT_HYPERCALL:
+        if (warned_hc++ < 8)
+          fprintf(stderr, "vmm: unknown hypercall %" PRIu64 "\n", exit.hypercall.nr);
+        break;
+      case VMM_EXIT_EXCEPTION:
+        fprintf(stderr, "vmm: guest exception %s (vector %u) at rip=%#" PRIx64, 
+                vmm_vector_name(exit.exception.vector), exit.exception.vector, exit.exception.rip);
+        if (exit.exception.has_error_code) fprintf(stderr, " error code %#x", exit.exception.error_code);
+        if (exit.exception.vector == 14) fprintf(stderr, " address %#" PRIx64, exit.exception.cr2);
+        fprintf(stderr, "\n");
+        return VMM_TOOL_EXCEPTION;
+      case VMM_EXIT_SHUTDOWN:
+        fprintf(stderr, "vmm: guest shut down (triple fault)\n");
+        return VMM_TOOL_SHUTDOWN;
+      case VMM_EXIT_INTERNAL_ERROR:
+        fprintf(stderr, "vmm: internal error: %s\n", exit.internal.message);
+        return VMM_TOOL_INTERNAL;
+      case VMM_EXIT_DEBUG: break;
+      default:
+        fprintf(stderr, "vmm: unexpected exit %s\n", vmm_exit_reason_name(exit.reason));
+        return VMM_TOOL_INTERNAL;
+    }
+  }
+}
+
+static void vmm_print_stats(vmm_vcpu_t *vcpu) {
+  vmm_stat_t stats[64];
+  size_t n = 0;
+  if (vmm_vcpu_stats(vcpu, stats, 64, &n) != 0) return;
+  for (size_t i = 0; i < n && i < 64; i++)
+    fprintf(stderr, "%-32s %" PRIu64 "\n", stats[i].name, stats[i].value);
+}
+
+static int vmm_map_guest_ram(vmm_vm_t *vm, uint64_t mem) {
+  /* RAM above 3 GiB moves above 4 GiB, leaving the usual 32-bit hole for devices. */
+  const uint64_t low_max = 3ull << 30;
+  uint64_t low = mem < low_max ? mem : low_max;
+  int rc = vmm_vm_map_ram(vm, 0, low, 0, NULL);
+  if (rc == 0 && mem > low) rc = vmm_vm_map_ram(vm, 4ull << 30, mem - low, 0, NULL);
+  return rc;
+}
+
+static int vmm_cmd_run(const struct vmm_run_opts *o) {
+  if (o->verbose) vmm_log_set_callback(vmm_log_stderr, o->verbose > 1 ? VMM_LOG_DEBUG : VMM_LOG_INFO, NULL);
+  else vmm_log_set_callback(vmm_log_stderr, VMM_LOG_WARN, NULL);
+
+  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
+  cfg.backend = o->backend;
+  vmm_vm_t *vm = NULL;
+  int rc = vmm_vm_create(&cfg, &vm);
+  if (rc != 0) {
+    fprintf(stderr, "vmm: cannot create a VM on backend %s: %s\n", vmm_backend_name(o->backend),
+            vmm_strerror(rc));
+    return VMM_TOOL_USAGE;
+  }
+  int status = VMM_TOOL_USAGE;
+  vmm_vcpu_t *vcpu = NULL;
+  vmm_device_t *uart = NULL;
+  vmm_uart_config_t ucfg = VMM_UART_CONFIG_INIT;
+  ucfg.out_fn = vmm_write_stdout;
+  rc = vmm_map_guest_ram(vm, o->mem);
+  if (rc == 0) rc = vmm_vm_set_console(vm, vmm_write_stdout, NULL);
+  if (rc == 0) rc = vmm_debugcon_create(vm, 0, vmm_write_stdout, NULL, NULL);
+  if (rc == 0) rc = vmm_uart_create(vm, &ucfg, &uart);
+  if (rc == 0) rc = vmm_debug_exit_create(vm, 0, NULL);
+  if (rc == 0) rc = vmm_vcpu_create(vm, 0, &vcpu);
+  if (rc != 0) {
+    fprintf(stderr, "vmm: cannot set up the VM: %s\n", vmm_strerror(rc));
+    goto out;
+  }
+  vmm_image_info_t info;
+  rc = vmm_load_file(vm, o->image, o->flat, o->flat_addr, &info);
+  if (rc != 0) {
+    fprintf(stderr, "vmm: cannot load %s: %s\n", o->image, vmm_strerror(rc));
+    goto out;
+  }
+  vmm_long_mode_config_t lm = VMM_LONG_MODE_CONFIG_INIT;
+  lm.cpl = o->cpl;
+  lm.entry = info.entry;
+  lm.cmdline = o->cmdline;
+  lm.image_low = info.low;
+  lm.image_high = info.high;
+  rc = vmm_vcpu_setup_long_mode(vcpu, &lm);
+  if (rc != 0) {
+    fprintf(stderr, "vmm: cannot prepare the vCPU: %s\n", vmm_strerror(rc));
+    goto out;
+  }
+
+  struct vmm_runner runner;
+  memset(&runner, 0, sizeof(runner));
+  runner.vcpu = vcpu;
+  runner.uart = uart;
+  uv_thread_t tid;
+  if (vmm_runner_start(&runner, o->timeout, &tid) != 0) {
+    fprintf(stderr, "vmm: cannot start the host event loop\n");
+    goto out;
+  }
+  status = vmm_run_loop(vcpu, &runner);
+  vmm_runner_stop(&runner, &tid);
+  if (o->stats) vmm_print_stats(vcpu);
+out:
+  vmm_vm_destroy(vm);
+  return status;
+}
+
+static int vmm_cmd_version(void) {
+  printf("vmm %s (libvmm %s)\n", vmm_version_string(), vmm_version_string());
+  static const vmm_backend_t all[] = {VMM_BACKEND_KVM, VMM_BACKEND_BT, VMM_BACKEND_PV};
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+    int rc = vmm_backend_probe(all[i]);
+    const char *why = rc == VMM_ENOSYS ? "not built in" : vmm_strerror(rc);
+    printf("  backend %-3s %s%s\n", vmm_backend_name(all[i]), rc == 0 ? "available" : "unavailable: ",
+           rc == 0 ? "" : why);
+  }
+  return 0;
+}
+
+static int vmm_usage_error(const char *msg, const char *arg) {
+  fprintf(stderr, "vmm: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+  fprintf(stderr, "try 'vmm --help'\n");
+  return VMM_TOOL_USAGE;
+}
+
+static int vmm_main_run(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"backend", required_argument, NULL, 'b'}, {"mem", required_argument, NULL, 'm'},
+      {"cpl", required_argument, NULL, 'c'},     {"timeout", required_argument, NULL, 't'},
+      {"flat", required_argument, NULL, 'f'},    {"cmdline", required_argument, NULL, 'a'},
+      {"stats", no_argument, NULL, 's'},         {"verbose", no_argument, NULL, 'v'},
+      {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+  struct vmm_run_opts o = {.backend = VMM_BACKEND_AUTO, .mem = 64ull << 20};
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "b:m:c:t:f:a:svh", longopts, NULL)) != -1) {
+    switch (c) {
+      case 'b':
+        if (vmm_backend_parse(optarg, &o.backend) != 0) return vmm_usage_error("unknown backend", optarg);
+        break;
+      case 'm':
+        if (vmm_parse_size(optarg, &o.mem) != 0 || o.mem < (2ull << 20) || o.mem % 4096)
+          return vmm_usage_error("bad memory size (at least 2M, a multiple of 4K)", optarg);
+        break;
+      case 'c':
+        if (strcmp(optarg, "0") != 0 && strcmp(optarg, "3") != 0)
+          return vmm_usage_error("--cpl takes 0 or 3", optarg);
+        o.cpl = (unsigned)atoi(optarg);
+        break;
+      case 't': {
+        char *end;
+        o.timeout = strtod(optarg, &end);
+        if (*end || !(o.timeout > 0)) return vmm_usage_error("bad timeout", optarg);
+        break;
+      }
+      case 'f':
+        if (vmm_parse_size(optarg, &o.flat_addr) != 0) return vmm_usage_error("bad address", optarg);
+        o.flat = 1;
+        break;
+      case 'a': o.cmdline = optarg; break;
+      case 's': o.stats = 1; break;
+      case 'v': o.verbose++; break;
+      case 'h': fputs(vmm_usage_text, stdout); return 0;
+      default: return vmm_usage_error("bad option", NULL);
+    }
+  }
+  if (optind != argc - 1) return vmm_usage_error("run needs exactly one IMAGE", NULL);
+  o.image = argv[optind];
+  return vmm_cmd_run(&o);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) return vmm_usage_error("missing command", NULL);
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    fputs(vmm_usage_text, stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) return vmm_cmd_version();
+  if (strcmp(cmd, "run") == 0) return vmm_main_run(argc - 1, argv + 1);
+  return vmm_usage_error("unknown command", cmd);
+}
