@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/** @cond INTERNAL */
 #ifdef __cplusplus
 #define VMM_EXTERN_C_BEGIN extern "C" {
 #define VMM_EXTERN_C_END }
@@ -15,6 +16,7 @@
 #define VMM_EXTERN_C_BEGIN
 #define VMM_EXTERN_C_END
 #endif
+/** @endcond */
 
 /** @brief Marks a declaration as part of the exported ABI. */
 #if defined(VMM_BUILDING_LIBRARY)

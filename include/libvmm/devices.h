@@ -28,14 +28,14 @@ VMM_API const char *vmm_device_type(const vmm_device_t *dev);
  * @brief A 16550A UART configuration. Initialize with VMM_UART_CONFIG_INIT.
  */
 typedef struct vmm_uart_config {
-  uint32_t struct_size;
+  uint32_t struct_size;    /**< sizeof(vmm_uart_config_t) as the caller knows it. */
   uint32_t port;           /**< Base I/O port; 0 means 0x3f8 (COM1). */
   int32_t irq;             /**< Interrupt line raised through vmm_vm_set_irq(); -1 for none. */
   int32_t out_fd;          /**< If >= 0 and no callback: transmitted bytes are written here. */
   vmm_console_fn out_fn;   /**< Receives transmitted bytes; runs on the vCPU thread. */
-  void *out_user_data;
+  void *out_user_data;     /**< Passed to out_fn. */
   uint32_t rx_capacity;    /**< Host-to-guest buffer in bytes; 0 means 4096. */
-  uint32_t reserved;
+  uint32_t reserved;       /**< Zero. */
 } vmm_uart_config_t;
 
 /** @brief Initializer for vmm_uart_config_t: COM1, IRQ 4, output discarded. */
@@ -52,6 +52,9 @@ VMM_API int vmm_uart_create(vmm_vm_t *vm, const vmm_uart_config_t *config, vmm_d
 
 /**
  * @brief Queues bytes for the guest to read. Thread-safe.
+ * @param[in]  uart     A device made by vmm_uart_create().
+ * @param[in]  data     Bytes to queue.
+ * @param[in]  len      Number of bytes.
  * @param[out] accepted Bytes queued; fewer than @p len when the receive buffer is full.
  * @return 0; VMM_EINVAL for NULL or a device that is not a UART.
  */
@@ -60,7 +63,11 @@ VMM_API int vmm_uart_input(vmm_device_t *uart, const void *data, size_t len, siz
 /**
  * @brief Creates a debug console (the Bochs/QEMU port 0xe9 convention): each byte written goes
  *        to @p fn; reads return 0xe9 so a guest can detect it.
- * @param[in] port Port; 0 means VMM_DEBUGCON_PORT.
+ * @param[in]  vm        The VM; it owns the device.
+ * @param[in]  port      Port; 0 means VMM_DEBUGCON_PORT.
+ * @param[in]  fn        Receives the bytes; may be NULL to discard them.
+ * @param[in]  user_data Passed to @p fn.
+ * @param[out] out       The device; may be NULL.
  * @return 0; VMM_EINVAL; VMM_EEXIST when the port is taken; VMM_ENOMEM.
  */
 VMM_API int vmm_debugcon_create(vmm_vm_t *vm, uint32_t port, vmm_console_fn fn, void *user_data,
@@ -69,7 +76,9 @@ VMM_API int vmm_debugcon_create(vmm_vm_t *vm, uint32_t port, vmm_console_fn fn, 
 /**
  * @brief Creates an exit device with QEMU's isa-debug-exit convention: a write of `v` ends the
  *        run with VMM_EXIT_GUEST_EXIT and status `(v << 1) | 1`.
- * @param[in] port Port; 0 means VMM_DEBUG_EXIT_PORT.
+ * @param[in]  vm   The VM; it owns the device.
+ * @param[in]  port Port; 0 means VMM_DEBUG_EXIT_PORT.
+ * @param[out] out  The device; may be NULL.
  * @return 0; VMM_EINVAL; VMM_EEXIST when the port is taken; VMM_ENOMEM.
  */
 VMM_API int vmm_debug_exit_create(vmm_vm_t *vm, uint32_t port, vmm_device_t **out);

@@ -43,7 +43,9 @@ VMM_EXTERN_C_BEGIN
 /** @brief Status codes. 0 is success. */
 typedef enum {
   VMM_OK = 0,
+/** @cond INTERNAL */
 #define VMM__ERR_ENUM(name, value, msg) VMM_##name = value,
+/** @endcond */
   VMM_ERRNO_MAP(VMM__ERR_ENUM)
 #undef VMM__ERR_ENUM
 } vmm_errno_t;

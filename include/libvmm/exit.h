@@ -47,7 +47,7 @@ typedef enum {
  */
 typedef struct vmm_exit {
   uint32_t reason;   /**< A vmm_exit_reason_t. */
-  uint32_t reserved;
+  uint32_t reserved; /**< Zero. */
   union {
     struct {
       uint16_t port;
@@ -71,13 +71,13 @@ typedef struct vmm_exit {
                           *   (uint64_t)VMM_ENOSYS. */
     } hypercall;
     struct {
-      uint8_t vector;          /**< 0 (#DE) to 31. */
+      uint8_t vector;          /**< 0 (divide error) to 31. */
       uint8_t has_error_code;
       uint8_t reserved[2];
       uint32_t error_code;
       uint64_t rip;            /**< Address of the faulting instruction (after it, for traps
                                 *   such as INT3). */
-      uint64_t cr2;            /**< Faulting linear address for #PF. */
+      uint64_t cr2;            /**< Faulting linear address of a page fault (vector 14). */
     } exception;
     struct {
       uint64_t rip;

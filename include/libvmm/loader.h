@@ -45,7 +45,7 @@ VMM_API int vmm_load_file(vmm_vm_t *vm, const char *path, int flat, uint64_t fla
  * @brief Long-mode start configuration. Initialize with VMM_LONG_MODE_CONFIG_INIT.
  */
 typedef struct vmm_long_mode_config {
-  uint32_t struct_size;
+  uint32_t struct_size;    /**< sizeof(vmm_long_mode_config_t) as the caller knows it. */
   uint32_t cpl;            /**< 0 (kernel) or 3 (user segments, user pages, IOPL 3). */
   uint64_t entry;          /**< Initial RIP. */
   uint64_t stack_top;      /**< Initial RSP; 0 means 16-byte aligned near the top of RAM. */

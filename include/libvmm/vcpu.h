@@ -94,14 +94,16 @@ VMM_API int vmm_vcpu_set_single_step(vmm_vcpu_t *vcpu, int enable);
 
 /** @brief A named counter, as reported by vmm_vcpu_stats(). */
 typedef struct vmm_stat {
-  char name[48];
-  uint64_t value;
+  char name[48];   /**< Dotted name such as "exits.IO"; NUL-terminated. */
+  uint64_t value;  /**< Count since the vCPU was created. */
 } vmm_stat_t;
 
 /**
  * @brief Reads the vCPU's counters (exits by reason, and backend counters such as blocks
  *        translated or sandbox stops).
+ * @param[in]  vcpu  The vCPU.
  * @param[out] out   Array of @p cap entries; may be NULL when @p cap is 0.
+ * @param[in]  cap   Capacity of @p out.
  * @param[out] count Number of counters available (which may exceed @p cap).
  * @return 0; VMM_EINVAL for NULL @p vcpu or @p count.
  */

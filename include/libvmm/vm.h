@@ -110,10 +110,10 @@ VMM_API int vmm_vm_unmap_ram(vmm_vm_t *vm, uint64_t gpa);
 
 /** @brief One RAM region as reported by vmm_vm_ram_regions(). */
 typedef struct vmm_ram_region {
-  uint64_t gpa;
-  uint64_t size;
-  uint32_t flags;
-  uint32_t reserved;
+  uint64_t gpa;       /**< Guest-physical start. */
+  uint64_t size;      /**< Bytes. */
+  uint32_t flags;     /**< VMM_MEM_* flags. */
+  uint32_t reserved;  /**< Zero. */
 } vmm_ram_region_t;
 
 /**

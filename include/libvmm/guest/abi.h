@@ -64,11 +64,11 @@
 
 /** @name GDT selectors installed by vmm_vcpu_setup_long_mode()
  *  @{ */
-#define VMM_SEL_KERNEL_CS 0x08
-#define VMM_SEL_KERNEL_DS 0x10
-#define VMM_SEL_USER_DS 0x1b
-#define VMM_SEL_USER_CS 0x23
-#define VMM_SEL_TSS 0x28
+#define VMM_SEL_KERNEL_CS 0x08 /**< 64-bit kernel code. */
+#define VMM_SEL_KERNEL_DS 0x10 /**< Kernel data. */
+#define VMM_SEL_USER_DS 0x1b   /**< User data (RPL 3). */
+#define VMM_SEL_USER_CS 0x23   /**< 64-bit user code (RPL 3). */
+#define VMM_SEL_TSS 0x28       /**< 64-bit TSS. */
 /** @} */
 
 /** Magic of struct vmm_boot_info, also passed in `rsi` at entry ("VMMBOOT1"). */

@@ -22,6 +22,13 @@
 /** Guest address of the hypercall page; set at start-up from the boot info. */
 extern uintptr_t vmm_hypercall_page;
 
+/**
+ * @brief Calls hypercall @p nr with six arguments.
+ * @param nr Hypercall number (VMM_HC_* or a number the host program registered).
+ * @param a0 First argument (rdi). @param a1 Second (rsi). @param a2 Third (rdx).
+ * @param a3 Fourth (r10). @param a4 Fifth (r8). @param a5 Sixth (r9).
+ * @return The handler's result (rax); (uint64_t)VMM_ENOSYS when nobody handles @p nr.
+ */
 static inline uint64_t vmm_hypercall6(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2,
                                       uint64_t a3, uint64_t a4, uint64_t a5) {
   register uint64_t r10 __asm__("r10") = a3;
@@ -39,13 +46,17 @@ static inline uint64_t vmm_hypercall6(uint64_t nr, uint64_t a0, uint64_t a1, uin
   return ret;
 }
 
+/** @brief Hypercall without arguments. @param nr Number. @return Result. */
 static inline uint64_t vmm_hypercall0(uint64_t nr) { return vmm_hypercall6(nr, 0, 0, 0, 0, 0, 0); }
+/** @brief Hypercall with one argument. @param nr Number. @param a0 Argument. @return Result. */
 static inline uint64_t vmm_hypercall1(uint64_t nr, uint64_t a0) {
   return vmm_hypercall6(nr, a0, 0, 0, 0, 0, 0);
 }
+/** @brief Hypercall with two arguments. @param nr Number. @param a0 First. @param a1 Second. @return Result. */
 static inline uint64_t vmm_hypercall2(uint64_t nr, uint64_t a0, uint64_t a1) {
   return vmm_hypercall6(nr, a0, a1, 0, 0, 0, 0);
 }
+/** @brief Hypercall with three arguments. @param nr Number. @param a0 First. @param a1 Second. @param a2 Third. @return Result. */
 static inline uint64_t vmm_hypercall3(uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2) {
   return vmm_hypercall6(nr, a0, a1, a2, 0, 0, 0);
 }

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Installs the Debian packages libvmm needs to build, test and document itself.
+# Only missing packages are installed; needs root (or sudo) the first time.
+set -eu
+PKGS="build-essential cmake pkg-config libzydis-dev libuv1-dev libcjson-dev libcmocka-dev
+doxygen graphviz"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing"
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq || true
+$SUDO apt-get install -y -qq $missing
