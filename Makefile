@@ -26,7 +26,7 @@ check: build
 check-asan: deps
 	cmake -S . -B $(BUILD)-asan -DVMM_WERROR=ON -DVMM_SANITIZE=ON -DVMM_BUILD_BENCH=OFF -DVMM_BUILD_DOCS=OFF >/dev/null
 	cmake --build $(BUILD)-asan -j $(JOBS)
-	cd $(BUILD)-asan && ctest --output-on-failure -j $(JOBS) -LE slow
+	cd $(BUILD)-asan && ctest --output-on-failure -j $(JOBS) -LE nested
 
 docs: build
 	cmake --build $(BUILD) --target docs

@@ -3,7 +3,7 @@
 # Only missing packages are installed; needs root (or sudo) the first time.
 set -eu
 PKGS="build-essential cmake pkg-config libzydis-dev libuv1-dev libcjson-dev libcmocka-dev
-doxygen graphviz"
+doxygen graphviz qemu-system-x86 busybox-static cpio xz-utils"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

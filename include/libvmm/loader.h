@@ -27,7 +27,8 @@ VMM_API int vmm_load_flat(vmm_vm_t *vm, uint64_t gpa, const void *data, size_t s
  * @brief Loads an ELF64 x86-64 executable (ET_EXEC, or ET_DYN loaded at its link addresses)
  *        by its program headers: PT_LOAD segments go to their physical addresses, BSS is
  *        zeroed. The file is not trusted: every offset, size and address is checked.
- * @return 0; VMM_ENOEXEC for anything malformed or unsupported (the reason is logged);
+ * @return 0; VMM_ENOEXEC for anything malformed or unsupported, including programs that ask
+ *         for an interpreter (the reason is logged);
  *         VMM_EFAULT when a segment does not fit in guest RAM; VMM_EINVAL for NULL.
  */
 VMM_API int vmm_load_elf(vmm_vm_t *vm, const void *data, size_t size, vmm_image_info_t *info);
@@ -67,8 +68,9 @@ typedef struct vmm_long_mode_config {
  * block. At entry `rdi` holds the boot info address and `rsi` VMM_BOOT_MAGIC; the other
  * general registers are 0. SSE and (where the host has it) AVX are enabled.
  * @return 0; VMM_EINVAL for NULL, a bad struct_size or cpl; VMM_EFAULT when RAM at
- *         guest-physical 0 does not cover the system area (1 MiB); VMM_EBUSY while the vCPU
- *         runs; VMM_EBACKEND.
+ *         guest-physical 0 does not cover the system area (1 MiB); VMM_EEXIST when the image
+ *         range given in the config overlaps the system area; VMM_EBUSY while the vCPU runs;
+ *         VMM_EBACKEND.
  */
 VMM_API int vmm_vcpu_setup_long_mode(vmm_vcpu_t *vcpu, const vmm_long_mode_config_t *config);
 

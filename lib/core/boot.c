@@ -136,6 +136,13 @@ int vmm_vcpu_setup_long_mode(vmm_vcpu_t *vcpu, const vmm_long_mode_config_t *con
 
   uint64_t ram_top = vmm_ram_top_from_zero(vm);
   if (ram_top < VMM_SYSAREA_END) return VMM_EFAULT;
+  if (cfg.image_high > cfg.image_low && cfg.image_low < VMM_SYSAREA_END &&
+      cfg.image_high > VMM_SYSAREA_GPA) {
+    VMM_LOG_E("image [%#llx, %#llx) overlaps the system area [%#llx, %#llx)",
+              (unsigned long long)cfg.image_low, (unsigned long long)cfg.image_high,
+              VMM_SYSAREA_GPA, VMM_SYSAREA_END);
+    return VMM_EEXIST;
+  }
   bool user = cfg.cpl == 3;
   uint64_t span = vmm_ram_end(vm);
   if (span < VMM_IDMAP_MIN) span = VMM_IDMAP_MIN;

@@ -50,6 +50,12 @@ int vmm_load_elf(vmm_vm_t *vm, const void *data, size_t size, vmm_image_info_t *
     return vmm_elf_fail("program headers outside the file");
 
   /* Check every segment before writing any, so a bad image leaves guest RAM untouched. */
+  for (unsigned i = 0; i < eh.e_phnum; i++) {
+    Elf64_Phdr ph;
+    memcpy(&ph, img + eh.e_phoff + i * sizeof(ph), sizeof(ph));
+    if (ph.p_type == PT_INTERP)
+      return vmm_elf_fail("asks for a program interpreter: a Linux program, not a guest image");
+  }
   uint64_t low = UINT64_MAX, high = 0;
   size_t nload = 0;
   for (unsigned i = 0; i < eh.e_phnum; i++) {

@@ -8,6 +8,7 @@ G=$2
 fails=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+dd if=/dev/zero of="$tmp/big" bs=1024 count=3072 2>/dev/null
 
 check() { # check NAME WANT_STATUS WANT_STDOUT_SUBSTRING CMD...
   name=$1; want=$2; out=$3; shift 3
@@ -60,7 +61,8 @@ for b in kvm bt pv; do
   check_err "$b timeout" 124 "timeout" "$VMM" run --backend "$b" --timeout 1 "$G/spin.elf"
   check_err "$b bad image" 125 "cannot load" "$VMM" run --backend "$b" "$VMM"
   check_err "$b missing image" 125 "cannot load" "$VMM" run --backend "$b" "$tmp/nonexistent"
-  check_err "$b image larger than RAM" 125 "cannot load" "$VMM" run --backend "$b" --mem 2M --flat 0x100000 "$VMM"
+  check_err "$b image larger than RAM" 125 "cannot load" "$VMM" run --backend "$b" --mem 2M --flat 0x100000 "$tmp/big"
+  check_err "$b image over the system area" 125 "cannot prepare" "$VMM" run --backend "$b" --flat 0x20000 "$tmp/big"
 done
 [ "$ran" = 1 ] || echo "SKIP guest runs: no backend can run on this host"
 [ "$fails" = 0 ] && echo "OK" || echo "FAILED: $fails"

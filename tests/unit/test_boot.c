@@ -116,6 +116,16 @@ static void test_long_mode_needs_low_ram(void **state) {
   assert_int_equal(vmm_vcpu_setup_long_mode(vcpu, &lm), VMM_EFAULT);
   lm.cpl = 1;
   assert_int_equal(vmm_vcpu_setup_long_mode(vcpu, &lm), VMM_EINVAL);
+  vmm_vm_destroy(vm);
+  vm = mock_vm_create(4 << 20);
+  assert_int_equal(vmm_vcpu_create(vm, 0, &vcpu), 0);
+  lm.cpl = 0;
+  lm.image_low = 0x20000; /* An image over the system area would be overwritten. */
+  lm.image_high = 0x30000;
+  assert_int_equal(vmm_vcpu_setup_long_mode(vcpu, &lm), VMM_EEXIST);
+  lm.image_low = 0x100000;
+  lm.image_high = 0x110000;
+  assert_int_equal(vmm_vcpu_setup_long_mode(vcpu, &lm), 0);
   lm.struct_size = 8;
   assert_int_equal(vmm_vcpu_setup_long_mode(vcpu, &lm), VMM_EINVAL);
   vmm_vm_destroy(vm);

@@ -98,6 +98,7 @@ static void size_overflow(struct img *im) { im->ph[0].p_filesz = ~0ull; im->ph[0
 static void wraps(struct img *im) { im->ph[1].p_paddr = ~0ull - 8; }
 static void outside_ram(struct img *im) { im->ph[1].p_paddr = 0x40000000; }
 static void entry_outside(struct img *im) { im->eh.e_entry = 0x500000; }
+static void interp(struct img *im) { im->ph[0].p_type = PT_INTERP; }
 static void nothing_loadable(struct img *im) { im->ph[0].p_type = PT_NOTE; im->ph[1].p_type = PT_NULL; }
 
 static const struct bad_case bad_cases[] = {
@@ -117,6 +118,7 @@ static const struct bad_case bad_cases[] = {
     {"outside RAM", outside_ram, VMM_EFAULT, "not inside guest RAM"},
     {"entry", entry_outside, VMM_ENOEXEC, "entry point"},
     {"nothing loadable", nothing_loadable, VMM_ENOEXEC, "no loadable"},
+    {"interpreter", interp, VMM_ENOEXEC, "program interpreter"},
 };
 
 static void test_elf_malformed_images_are_refused_without_writes(void **state) {

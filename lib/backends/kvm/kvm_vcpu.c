@@ -182,15 +182,18 @@ void vmm__kvm_vcpu_kick(vmm_vcpu_t *vcpu) {
   if (tid) syscall(SYS_tgkill, getpid(), tid, VMM_KVM_KICK_SIGNAL);
 }
 
-static __thread bool vmm_kvm_thread_ready;
+/* Per-thread: the kick signal unblocked once, and the thread id cached (gettid is a syscall,
+ * and vcpu_run is entered once per exit). */
+static __thread int vmm_kvm_thread_tid;
 
-static void vmm_kvm_thread_prepare(void) {
-  if (vmm_kvm_thread_ready) return;
+static int vmm_kvm_thread_prepare(void) {
+  if (vmm_kvm_thread_tid) return vmm_kvm_thread_tid;
   sigset_t s;
   sigemptyset(&s);
   sigaddset(&s, VMM_KVM_KICK_SIGNAL);
   pthread_sigmask(SIG_UNBLOCK, &s, NULL);
-  vmm_kvm_thread_ready = true;
+  vmm_kvm_thread_tid = (int)syscall(SYS_gettid);
+  return vmm_kvm_thread_tid;
 }
 
 static bool vmm_kvm_in_page(uint64_t addr, uint64_t page) {
@@ -278,10 +281,10 @@ static int vmm_kvm_translate(vmm_vcpu_t *vcpu, struct vmm_kvm_vcpu *kv, vmm_exit
 
 int vmm__kvm_vcpu_run(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   struct vmm_kvm_vcpu *kv = vmm_kvm_vcpu(vcpu);
-  vmm_kvm_thread_prepare();
+  int tid = vmm_kvm_thread_prepare();
   vmm_kvm_complete(kv, exit);
   kv->pending = false;
-  atomic_store(&kv->tid, (int)syscall(SYS_gettid));
+  atomic_store(&kv->tid, tid);
   for (;;) {
     if (atomic_load(&kv->kicked)) kv->run->immediate_exit = 1;
     kv->runs++;

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Inside the nested VM that run-in-qemu.sh boots (where /dev/kvm exists): the kvm part of the
+# test suite. usage: run-suite.sh BUILD_DIR SOURCE_DIR
+B=$1
+S=$2
+fail=0
+step() {
+  echo "== $*"
+  "$@" || { echo "FAILED: $*"; fail=1; }
+}
+step "$B/tests/integration/test_guests" --guest-dir "$B/guest" --backend kvm
+step /bin/sh "$S/tests/integration/test_vmm_tool.sh" "$B/tools/vmm" "$B/guest"
+echo "== hello-vmm demo on kvm"
+if "$B/examples/hello-vmm" -b kvm "$B/guest/demo.elf" >/tmp/demo.out && grep -q '^bye' /tmp/demo.out; then
+  echo "PASS hello-vmm demo"
+else
+  echo "FAIL hello-vmm demo"; cat /tmp/demo.out; fail=1
+fi
+exit $fail
