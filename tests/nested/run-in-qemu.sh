@@ -349,11 +349,12 @@ echo "$M BEGIN uptime=$(up)"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 if [ "$SPLIT_STDERR" = 1 ]; then
 	/libvmm/bb/sh /libvmm/cmd.sh </dev/null >/dev/ttyS1 2>/dev/ttyS2
+	rc=$?
 else
 	/libvmm/bb/sh /libvmm/cmd.sh </dev/null >/dev/ttyS1 2>&1
+	rc=$?
 fi
 export PATH=/libvmm/bb
-rc=$?
 echo "$M END status=$rc uptime=$(up)"
 # Kernel messages logged while CMD ran (e.g. KVM warnings).
 echo "$M DMESG"
