@@ -3,7 +3,8 @@
 # Only missing packages are installed; needs root (or sudo) the first time.
 set -eu
 PKGS="build-essential cmake pkg-config libzydis-dev libuv1-dev libcjson-dev libcmocka-dev
-doxygen graphviz qemu-system-x86 busybox-static cpio xz-utils"
+doxygen graphviz qemu-system-x86 busybox-static cpio xz-utils
+zlib1g-dev liblzma-dev libzstd-dev liblz4-dev clang"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

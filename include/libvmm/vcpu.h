@@ -22,6 +22,12 @@ VMM_EXTERN_C_BEGIN
  */
 VMM_API int vmm_vcpu_create(vmm_vm_t *vm, uint32_t index, vmm_vcpu_t **out);
 
+/**
+ * @brief The vCPU of a VM with a given index (for example the vCPUs of a clone).
+ * @return The vCPU, or NULL when @p vm is NULL or has no vCPU with that index.
+ */
+VMM_API vmm_vcpu_t *vmm_vm_vcpu(vmm_vm_t *vm, uint32_t index);
+
 /** @brief The VM a vCPU belongs to. */
 VMM_API vmm_vm_t *vmm_vcpu_vm(const vmm_vcpu_t *vcpu);
 

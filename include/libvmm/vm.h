@@ -44,6 +44,11 @@ VMM_API int vmm_backend_parse(const char *name, vmm_backend_t *out);
 enum {
   /** Do not ask for transparent huge pages on guest RAM (they are used where allowed). */
   VMM_VM_NO_HUGEPAGES = 1u << 0,
+  /** Create the backend's interrupt controllers and timer: on `kvm` the in-kernel PIC, I/O
+   *  APIC and local APICs (KVM_CREATE_IRQCHIP) and the PIT (KVM_CREATE_PIT2), so that
+   *  vmm_vm_set_irq() works and HLT waits inside the backend for an interrupt. What an OS such
+   *  as Linux needs. Backends without them refuse it with VMM_ENOSYS. */
+  VMM_VM_IRQCHIP = 1u << 1,
 };
 
 /**
@@ -66,7 +71,8 @@ typedef struct vmm_vm_config {
  * @param[in]  config The configuration; NULL means all defaults.
  * @param[out] out    The VM, or NULL on failure.
  * @return 0; VMM_EINVAL for a bad config (struct_size too small, unknown backend or flags,
- *         RAM size not a multiple of 4 KiB); VMM_ENODEV when the requested backend cannot run
+ *         RAM size not a multiple of 4 KiB); VMM_ENOSYS for VMM_VM_IRQCHIP on a backend
+ *         without interrupt controllers (logged); VMM_ENODEV when the requested backend cannot run
  *         here (with VMM_BACKEND_AUTO: when none can); VMM_ENOSYS when it is not built in;
  *         VMM_ENOMEM; VMM_EBACKEND when the backend fails to set up (logged).
  */

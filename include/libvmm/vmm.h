@@ -15,7 +15,9 @@
 #include "vcpu.h"
 #include "bus.h"
 #include "loader.h"
+#include "linux.h"
 #include "devices.h"
+#include "snapshot.h"
 #include "guest/abi.h"
 
 #endif /* LIBVMM_VMM_H */

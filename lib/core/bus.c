@@ -268,3 +268,7 @@ int vmm__dispatch(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   pthread_rwlock_unlock(&vm->bus_lock);
   return rc;
 }
+
+void vmm__handler_set_device(vmm_handler_t *h, vmm_device_t *dev) {
+  if (h) h->device = dev;
+}

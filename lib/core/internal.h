@@ -6,7 +6,9 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include <cjson/cJSON.h>
 #include <libvmm/vmm.h>
+#include <libvmm/snapshot.h>
 
 #define VMM_PAGE_SIZE 4096ull
 #define VMM_MAX_REGIONS 64
@@ -30,6 +32,7 @@ struct vmm_region {
   uint8_t *hva;        /* The VMM's shared mapping of the whole memfd. */
   uint32_t slot;       /* Stable id, unique while the region exists (a KVM slot number). */
   bool dirty_log;
+  bool cow;            /* hva is a private copy-on-write mapping of memfd (a clone's RAM). */
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
   void *backend_data;
 };
@@ -39,6 +42,7 @@ enum vmm_handler_kind { VMM_HANDLER_PIO, VMM_HANDLER_MMIO, VMM_HANDLER_HYPERCALL
 
 struct vmm_handler {
   enum vmm_handler_kind kind;
+  vmm_device_t *device; /* The device that registered it, or NULL for the host program. */
   uint64_t base;
   uint64_t len;
   vmm_io_fn io_fn;
@@ -71,9 +75,13 @@ struct vmm_handler_vec {
  * which case vcpu_run() must return soon (with any exit). When it returns 0, vcpu_run() returns
  * that exit with vcpu->predispatched set, so that the core does not dispatch it twice.
  */
+/* Backend capabilities (vmm_backend_ops.caps). */
+#define VMM__CAP_IRQCHIP (1u << 0) /* Interrupt controllers and timer (VMM_VM_IRQCHIP). */
+
 struct vmm_backend_ops {
   vmm_backend_t id;
   const char *name;
+  uint32_t caps;
   int (*probe)(void);
   int (*vm_init)(vmm_vm_t *vm);
   void (*vm_fini)(vmm_vm_t *vm);
@@ -108,13 +116,22 @@ const struct vmm_backend_ops *vmm__backend_ops(vmm_backend_t id);
 /* ---- devices ---- */
 struct vmm_device_ops {
   const char *type;
+  uint32_t version;    /* Of the saved state; load accepts this version only. */
   void (*destroy)(vmm_device_t *dev);
+  /* Snapshots: the guest-visible state as JSON, and back. NULL for stateless devices. */
+  cJSON *(*save)(vmm_device_t *dev);
+  int (*load)(vmm_device_t *dev, const cJSON *state);
+  /* Clones: a copy of the creation parameters, and a device made from them on another VM.
+   * The copy is released with free(). */
+  void *(*dup_config)(const vmm_device_t *dev);
+  int (*create_from_config)(vmm_vm_t *vm, const void *config, vmm_device_t **out);
 };
 
 struct vmm_device {
   const struct vmm_device_ops *ops;
   vmm_vm_t *vm;
   struct vmm_device *next;
+  uint64_t seq;        /* Creation order within the VM. */
 };
 
 void vmm__device_attach(vmm_vm_t *vm, vmm_device_t *dev);
@@ -143,6 +160,10 @@ struct vmm_vm {
   atomic_int running;   /* vCPUs inside vmm_vcpu_run(). */
   vmm_device_t *devices;
 
+  uint64_t next_device_seq;
+  vmm_snapshot_t *snap_base;   /* Snapshot last taken or restored; pages dirty since then. */
+  bool dirty_all;              /* Dirty logging is on for every region. */
+
   uint64_t hypercall_page_gpa; /* 0 when none was installed. */
   uint64_t exc_stubs_gpa;      /* 0 when the exception stubs are not installed. */
 
@@ -166,6 +187,14 @@ struct vmm_vcpu {
   uint64_t hypercalls;
   void *backend_data;
 };
+
+/* Maps a RAM region as a private copy-on-write mapping of base_fd (which is dup'ed). Backends
+ * that cannot run on such a region return VMM_ENOSYS from region_add. */
+int vmm__vm_map_ram_cow(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, int base_fd);
+/* Devices of a VM in creation order; returns the count (array malloc'ed, may be NULL). */
+size_t vmm__vm_devices(vmm_vm_t *vm, vmm_device_t ***out);
+/* Marks the handler as registered by a device (clones re-create devices, not their handlers). */
+void vmm__handler_set_device(vmm_handler_t *h, vmm_device_t *dev);
 
 /* Guest memory helpers for the core and backends; the caller holds no lock. */
 struct vmm_region *vmm__region_find(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);

@@ -37,6 +37,14 @@ void vmm__vcpu_free(vmm_vcpu_t *vcpu) {
   free(vcpu);
 }
 
+vmm_vcpu_t *vmm_vm_vcpu(vmm_vm_t *vm, uint32_t index) {
+  if (vm == NULL || index >= VMM_MAX_VCPUS) return NULL;
+  pthread_mutex_lock(&vm->lock);
+  vmm_vcpu_t *v = vm->vcpus[index];
+  pthread_mutex_unlock(&vm->lock);
+  return v;
+}
+
 vmm_vm_t *vmm_vcpu_vm(const vmm_vcpu_t *vcpu) { return vcpu ? vcpu->vm : NULL; }
 
 uint32_t vmm_vcpu_index(const vmm_vcpu_t *vcpu) { return vcpu ? vcpu->index : 0; }
@@ -88,6 +96,11 @@ int vmm_vcpu_run(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
     vcpu->predispatched = false;
     if (rc < 0) break;
     if (vcpu->exit_requested) {
+      /* Finish the instruction that asked to stop (a hypercall, a port write), so that the
+       * state the caller sees is the same on every backend. */
+      rc = ops->flush_pending(vcpu, &vcpu->cur);
+      if (rc < 0) break;
+      vcpu->cur.reason = VMM_EXIT_NONE;
       memset(exit, 0, sizeof(*exit));
       exit->reason = VMM_EXIT_GUEST_EXIT;
       exit->guest_exit.status = vcpu->exit_status;

@@ -51,7 +51,11 @@ int vmm_vm_create(const vmm_vm_config_t *config, vmm_vm_t **out) {
 int vmm__vm_create_with_ops(const vmm_vm_config_t *cfg, const struct vmm_backend_ops *ops,
                             vmm_vm_t **out) {
   *out = NULL;
-  if (cfg->flags & ~(uint32_t)VMM_VM_NO_HUGEPAGES) return VMM_EINVAL;
+  if (cfg->flags & ~(uint32_t)(VMM_VM_NO_HUGEPAGES | VMM_VM_IRQCHIP)) return VMM_EINVAL;
+  if ((cfg->flags & VMM_VM_IRQCHIP) && !(ops->caps & VMM__CAP_IRQCHIP)) {
+    VMM_LOG_E("backend %s has no interrupt controllers or timer (VMM_VM_IRQCHIP)", ops->name);
+    return VMM_ENOSYS;
+  }
   if (cfg->max_vcpus > VMM_MAX_VCPUS) return VMM_ERANGE;
   if (cfg->ram_size % VMM_PAGE_SIZE) return VMM_EINVAL;
 
@@ -110,6 +114,7 @@ void vmm_vm_destroy(vmm_vm_t *vm) {
   }
   vm->nregions = 0;
   vm->ops->vm_fini(vm);
+  vmm_snapshot_release(vm->snap_base);
   vmm__bus_free(vm);
   pthread_rwlock_destroy(&vm->bus_lock);
   pthread_mutex_destroy(&vm->lock);
@@ -139,7 +144,10 @@ static bool vmm_ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t b
   return a < b + blen && b < a + alen;
 }
 
-int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, void **hva) {
+/* base_fd < 0: a new memfd shared with the backend. base_fd >= 0: a private copy-on-write
+ * mapping of that file (clones), which only backends that work on r->hva accept. */
+static int vmm_vm_map_region(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags,
+                             int base_fd, void **hva) {
   if (hva) *hva = NULL;
   if (vm == NULL || size == 0 || gpa % VMM_PAGE_SIZE || size % VMM_PAGE_SIZE) return VMM_EINVAL;
   if (flags & ~(uint32_t)VMM_MEM_READONLY) return VMM_EINVAL;
@@ -172,18 +180,26 @@ int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, vo
   r->size = size;
   r->flags = flags;
   r->slot = vm->next_slot++;
-  r->memfd = memfd_create("libvmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  r->cow = base_fd >= 0;
+  if (r->cow) {
+    r->memfd = fcntl(base_fd, F_DUPFD_CLOEXEC, 0);
+  } else {
+    r->memfd = memfd_create("libvmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  }
   if (r->memfd < 0) {
     rc = vmm__from_errno(errno);
     goto err_region;
   }
-  if (ftruncate(r->memfd, (off_t)size) != 0) {
-    rc = errno == EFBIG ? VMM_ERANGE : vmm__from_errno(errno);
-    goto err_region;
+  if (!r->cow) {
+    if (ftruncate(r->memfd, (off_t)size) != 0) {
+      rc = errno == EFBIG ? VMM_ERANGE : vmm__from_errno(errno);
+      goto err_region;
+    }
+    /* Fixing the size keeps anyone holding the fd from shrinking it under a mapping. */
+    fcntl(r->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
   }
-  /* Fixing the size keeps anyone holding the fd from shrinking it under a mapping. */
-  fcntl(r->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
-  r->hva = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, r->memfd, 0);
+  r->hva = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                (r->cow ? MAP_PRIVATE : MAP_SHARED) | MAP_NORESERVE, r->memfd, 0);
   if (r->hva == MAP_FAILED) {
     r->hva = NULL;
     rc = vmm__from_errno(errno);
@@ -200,6 +216,7 @@ int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, vo
           (vm->nregions - pos) * sizeof(vm->regions[0]));
   vm->regions[pos] = r;
   vm->nregions++;
+  vm->dirty_all = false;
   if (hva) *hva = r->hva;
   pthread_mutex_unlock(&vm->lock);
   return 0;
@@ -209,6 +226,15 @@ err_region:
 out_unlock:
   pthread_mutex_unlock(&vm->lock);
   return rc;
+}
+
+int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, void **hva) {
+  return vmm_vm_map_region(vm, gpa, size, flags, -1, hva);
+}
+
+int vmm__vm_map_ram_cow(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, int base_fd) {
+  if (base_fd < 0) return VMM_EINVAL;
+  return vmm_vm_map_region(vm, gpa, size, flags, base_fd, NULL);
 }
 
 int vmm_vm_unmap_ram(vmm_vm_t *vm, uint64_t gpa) {
@@ -222,6 +248,7 @@ int vmm_vm_unmap_ram(vmm_vm_t *vm, uint64_t gpa) {
     memmove(&vm->regions[i], &vm->regions[i + 1],
             (vm->nregions - i - 1) * sizeof(vm->regions[0]));
     vm->nregions--;
+    vm->dirty_all = false;
     pthread_mutex_unlock(&vm->lock);
     vmm_region_free(r);
     return 0;
@@ -367,6 +394,7 @@ int vmm_vm_set_irq(vmm_vm_t *vm, uint32_t irq, int level) {
 void vmm__device_attach(vmm_vm_t *vm, vmm_device_t *dev) {
   pthread_mutex_lock(&vm->lock);
   dev->vm = vm;
+  dev->seq = vm->next_device_seq++;
   dev->next = vm->devices;
   vm->devices = dev;
   pthread_mutex_unlock(&vm->lock);
@@ -389,3 +417,20 @@ void vmm_device_destroy(vmm_device_t *dev) {
 }
 
 const char *vmm_device_type(const vmm_device_t *dev) { return dev ? dev->ops->type : NULL; }
+
+size_t vmm__vm_devices(vmm_vm_t *vm, vmm_device_t ***out) {
+  pthread_mutex_lock(&vm->lock);
+  size_t n = 0;
+  for (vmm_device_t *d = vm->devices; d; d = d->next) n++;
+  vmm_device_t **arr = n ? calloc(n, sizeof(*arr)) : NULL;
+  if (arr) {
+    /* The list is newest first. */
+    size_t i = n;
+    for (vmm_device_t *d = vm->devices; d; d = d->next) arr[--i] = d;
+  } else {
+    n = 0;
+  }
+  pthread_mutex_unlock(&vm->lock);
+  *out = arr;
+  return n;
+}

@@ -6,6 +6,7 @@
 struct vmm_debugcon {
   struct vmm_device dev;
   vmm_handler_t *handler;
+  uint32_t port;
   vmm_console_fn fn;
   void *user_data;
 };
@@ -32,7 +33,32 @@ static void vmm_debugcon_destroy(vmm_device_t *dev) {
   free(d);
 }
 
-static const struct vmm_device_ops vmm_debugcon_ops = {"debugcon", vmm_debugcon_destroy};
+struct vmm_debugcon_config {
+  uint32_t port;
+  vmm_console_fn fn;
+  void *user_data;
+};
+
+static void *vmm_debugcon_dup_config(const vmm_device_t *dev) {
+  const struct vmm_debugcon *d = (const struct vmm_debugcon *)dev;
+  struct vmm_debugcon_config *c = malloc(sizeof(*c));
+  if (c) *c = (struct vmm_debugcon_config){d->port, d->fn, d->user_data};
+  return c;
+}
+
+static int vmm_debugcon_from_config(vmm_vm_t *vm, const void *config, vmm_device_t **out) {
+  const struct vmm_debugcon_config *c = config;
+  return vmm_debugcon_create(vm, c->port, c->fn, c->user_data, out);
+}
+
+/* Stateless: nothing to save. */
+static const struct vmm_device_ops vmm_debugcon_ops = {
+    .type = "debugcon",
+    .version = 1,
+    .destroy = vmm_debugcon_destroy,
+    .dup_config = vmm_debugcon_dup_config,
+    .create_from_config = vmm_debugcon_from_config,
+};
 
 int vmm_debugcon_create(vmm_vm_t *vm, uint32_t port, vmm_console_fn fn, void *user_data,
                         vmm_device_t **out) {
@@ -43,12 +69,13 @@ int vmm_debugcon_create(vmm_vm_t *vm, uint32_t port, vmm_console_fn fn, void *us
   d->dev.ops = &vmm_debugcon_ops;
   d->fn = fn;
   d->user_data = user_data;
-  int rc = vmm_vm_add_pio_handler(vm, port ? port : VMM_DEBUGCON_PORT, 1, vmm_debugcon_io, d,
-                                  &d->handler);
+  d->port = port ? port : VMM_DEBUGCON_PORT;
+  int rc = vmm_vm_add_pio_handler(vm, d->port, 1, vmm_debugcon_io, d, &d->handler);
   if (rc) {
     free(d);
     return rc;
   }
+  vmm__handler_set_device(d->handler, &d->dev);
   vmm__device_attach(vm, &d->dev);
   if (out) *out = &d->dev;
   return 0;

@@ -169,7 +169,93 @@ static void vmm_uart_destroy(vmm_device_t *dev) {
   free(u);
 }
 
-static const struct vmm_device_ops vmm_uart_ops = {"uart16550", vmm_uart_destroy};
+/* State: the registers and the bytes waiting in the receive buffer. */
+static cJSON *vmm_uart_save(vmm_device_t *dev) {
+  struct vmm_uart *u = (struct vmm_uart *)dev;
+  cJSON *j = cJSON_CreateObject();
+  if (j == NULL) return NULL;
+  pthread_mutex_lock(&u->lock);
+  const struct {
+    const char *name;
+    unsigned value;
+  } regs[] = {{"ier", u->ier}, {"lcr", u->lcr}, {"mcr", u->mcr}, {"scr", u->scr},
+              {"fcr", u->fcr}, {"dll", u->dll}, {"dlm", u->dlm}, {"thre_pending", u->thre_pending}};
+  bool ok = true;
+  for (size_t i = 0; i < VMM_ARRAY_SIZE(regs); i++)
+    ok &= cJSON_AddNumberToObject(j, regs[i].name, regs[i].value) != NULL;
+  cJSON *rx = cJSON_AddArrayToObject(j, "rx");
+  ok &= rx != NULL;
+  for (uint32_t i = 0; ok && i < u->rx_count; i++) {
+    cJSON *b = cJSON_CreateNumber(u->rx[(u->rx_head + i) % u->rx_cap]);
+    ok &= b != NULL && cJSON_AddItemToArray(rx, b);
+  }
+  pthread_mutex_unlock(&u->lock);
+  if (!ok) {
+    cJSON_Delete(j);
+    return NULL;
+  }
+  return j;
+}
+
+static bool vmm_json_byte(const cJSON *j, const char *name, uint8_t *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, name);
+  if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 255 ||
+      v->valuedouble != (double)(int)v->valuedouble)
+    return false;
+  *out = (uint8_t)v->valueint;
+  return true;
+}
+
+static int vmm_uart_load(vmm_device_t *dev, const cJSON *j) {
+  struct vmm_uart *u = (struct vmm_uart *)dev;
+  uint8_t ier, lcr, mcr, scr, fcr, dll, dlm, thre;
+  const cJSON *rx = cJSON_GetObjectItemCaseSensitive(j, "rx");
+  if (!vmm_json_byte(j, "ier", &ier) || !vmm_json_byte(j, "lcr", &lcr) ||
+      !vmm_json_byte(j, "mcr", &mcr) || !vmm_json_byte(j, "scr", &scr) ||
+      !vmm_json_byte(j, "fcr", &fcr) || !vmm_json_byte(j, "dll", &dll) ||
+      !vmm_json_byte(j, "dlm", &dlm) || !vmm_json_byte(j, "thre_pending", &thre) ||
+      !cJSON_IsArray(rx) || (uint32_t)cJSON_GetArraySize(rx) > u->rx_cap)
+    return VMM_ECORRUPT;
+  const cJSON *b;
+  cJSON_ArrayForEach(b, rx) {
+    if (!cJSON_IsNumber(b) || b->valuedouble < 0 || b->valuedouble > 255) return VMM_ECORRUPT;
+  }
+  pthread_mutex_lock(&u->lock);
+  u->ier = ier & 0x0f;
+  u->lcr = lcr;
+  u->mcr = mcr & 0x1f;
+  u->scr = scr;
+  u->fcr = fcr & 0xc9;
+  u->dll = dll;
+  u->dlm = dlm;
+  u->thre_pending = thre != 0;
+  u->rx_head = u->rx_count = 0;
+  cJSON_ArrayForEach(b, rx) vmm_uart_rx_push(u, (uint8_t)b->valueint);
+  u->irq_level = false;
+  vmm_uart_update_irq(u);
+  pthread_mutex_unlock(&u->lock);
+  return 0;
+}
+
+static void *vmm_uart_dup_config(const vmm_device_t *dev) {
+  vmm_uart_config_t *c = malloc(sizeof(*c));
+  if (c) *c = ((const struct vmm_uart *)dev)->cfg;
+  return c;
+}
+
+static int vmm_uart_from_config(vmm_vm_t *vm, const void *config, vmm_device_t **out) {
+  return vmm_uart_create(vm, config, out);
+}
+
+static const struct vmm_device_ops vmm_uart_ops = {
+    .type = "uart16550",
+    .version = 1,
+    .destroy = vmm_uart_destroy,
+    .save = vmm_uart_save,
+    .load = vmm_uart_load,
+    .dup_config = vmm_uart_dup_config,
+    .create_from_config = vmm_uart_from_config,
+};
 
 int vmm_uart_create(vmm_vm_t *vm, const vmm_uart_config_t *config, vmm_device_t **out) {
   if (out) *out = NULL;
@@ -201,6 +287,7 @@ int vmm_uart_create(vmm_vm_t *vm, const vmm_uart_config_t *config, vmm_device_t 
     free(u);
     return rc;
   }
+  vmm__handler_set_device(u->handler, &u->dev);
   vmm__device_attach(vm, &u->dev);
   if (out) *out = &u->dev;
   return 0;

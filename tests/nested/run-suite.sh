@@ -16,4 +16,9 @@ if "$B/examples/hello-vmm" -b kvm "$B/guest/demo.elf" >/tmp/demo.out && grep -q 
 else
   echo "FAIL hello-vmm demo"; cat /tmp/demo.out; fail=1
 fi
+echo "== Linux boot: Debian's kernel on kvm (tests/linux/boot-test.sh)"
+/bin/sh "$S/tests/linux/boot-test.sh" "$B/tools/vmm" "$B/examples/boot-linux" \
+  "$B/tests/linux/assets/vmlinuz" "$B/tests/linux/assets/initramfs.cpio"
+rc=$?
+if [ $rc = 77 ]; then echo "SKIP Linux boot (reason above)"; elif [ $rc != 0 ]; then echo "FAILED: Linux boot"; fail=1; fi
 exit $fail

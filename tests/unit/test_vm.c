@@ -139,7 +139,8 @@ static void test_dirty_log_merges_backend_and_host_writes(void **state) {
   assert_int_equal(vmm_vm_dirty_log_enable(vm, 0, 1), 0);
   uint8_t one = 1;
   assert_int_equal(vmm_vm_write(vm, 5 * 4096 + 7, &one, 1), 0);   /* Host write: page 5. */
-  assert_int_equal(vmm_vm_write(vm, 70 * 4096 - 1, &one, 2), 0);  /* Pages 69 and 70. */
+  uint8_t two[2] = {1, 1};
+  assert_int_equal(vmm_vm_write(vm, 70 * 4096 - 1, two, 2), 0);   /* Pages 69 and 70. */
   mock_vm_of(vm)->dirty[2] = 1ull << 3;                            /* Guest write: page 131. */
   assert_int_equal(vmm_vm_dirty_log_get(vm, 0, bm, 8), VMM_ERANGE);
   assert_int_equal(vmm_vm_dirty_log_get(vm, 0, bm, sizeof(bm)), 0);

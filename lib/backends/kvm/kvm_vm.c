@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "kvm.h"
+#include "kvm_platform.h"
 
 #define VMM_KVM_DEV "/dev/kvm"
 /* Addresses KVM needs on Intel for real-mode emulation; they must not be RAM. */
@@ -74,12 +75,38 @@ static bool vmm_host_is_intel(void) {
   return b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e; /* "GenuineIntel" */
 }
 
+static struct kvm_cpuid_entry2 *vmm_kvm_cpuid_find(struct kvm_cpuid2 *c, uint32_t fn) {
+  for (uint32_t i = 0; i < c->nent; i++)
+    if (c->entries[i].function == fn) return &c->entries[i];
+  return NULL;
+}
+
+/* What a guest OS looks for to know it runs on KVM: the hypervisor bit (CPUID.1:ECX[31]), which
+ * KVM_GET_SUPPORTED_CPUID may leave clear, and the KVM signature leaf, without which Linux
+ * neither finds kvmclock nor the other paravirt features of leaf 0x40000001. There is room for
+ * two more entries (see vmm_kvm_load_cpuid). */
+static void vmm_kvm_cpuid_fixup(struct kvm_cpuid2 *c) {
+  struct kvm_cpuid_entry2 *e = vmm_kvm_cpuid_find(c, 1);
+  if (e) e->ecx |= 1u << 31;
+  struct kvm_cpuid_entry2 *feat = vmm_kvm_cpuid_find(c, 0x40000001);
+  if (vmm_kvm_cpuid_find(c, 0x40000000) == NULL) {
+    e = &c->entries[c->nent++];
+    memset(e, 0, sizeof(*e));
+    e->function = 0x40000000;
+    e->eax = feat ? 0x40000001 : 0x40000000;
+    memcpy(&e->ebx, "KVMK", 4);
+    memcpy(&e->ecx, "VMKV", 4);
+    memcpy(&e->edx, "M\0\0\0", 4);
+  }
+}
+
 static int vmm_kvm_load_cpuid(struct vmm_kvm_vm *k) {
   for (uint32_t n = 64; n <= 4096; n *= 2) {
-    struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+    struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + (n + 2) * sizeof(c->entries[0]));
     if (c == NULL) return VMM_ENOMEM;
     c->nent = n;
     if (ioctl(k->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+      vmm_kvm_cpuid_fixup(c);
       k->cpuid = c;
       return 0;
     }
@@ -167,6 +194,10 @@ static int vmm_kvm_vm_init(vmm_vm_t *vm) {
       rc = VMM_EBACKEND;
       goto err_caps;
     }
+  }
+  if (vm->flags & VMM_VM_IRQCHIP) {
+    rc = vmm__kvm_platform_init(vm, k);
+    if (rc) goto err_caps;
   }
   rc = vmm_kvm_load_cpuid(k);
   if (rc) goto err_caps;
@@ -275,6 +306,7 @@ static int vmm_kvm_set_irq(vmm_vm_t *vm, uint32_t irq, int level) {
 const struct vmm_backend_ops vmm__kvm_ops = {
     .id = VMM_BACKEND_KVM,
     .name = "kvm",
+    .caps = VMM__CAP_IRQCHIP,
     .probe = vmm_kvm_probe,
     .vm_init = vmm_kvm_vm_init,
     .vm_fini = vmm_kvm_vm_fini,

@@ -1,0 +1,732 @@
+/* Snapshots of running VMs: capture, roll back, clone, and the snapshot tree.
+ *
+ * Live guest RAM stays a shared memfd on every backend. A snapshot stores, per RAM region, a
+ * layer of pages in a sparse memfd: the first snapshot of a VM stores every page that holds
+ * data (a full layer); after it, dirty-page logging is on and each snapshot stores only the
+ * pages written since the VM's previous snapshot or restore (a diff layer over its parent).
+ * Rolling back copies the pages written since then plus the pages that differ between the two
+ * snapshots along the tree, and nothing else. Clones map the nearest full layer copy-on-write
+ * where the backend allows it, so that they use memory only for what they write. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "snapshot.h"
+
+#define PAGE VMM_PAGE_SIZE
+
+static pthread_mutex_t vmm_snap_tree_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_uint_fast64_t vmm_snap_next_id = 1;
+
+static bool bit_get(const uint64_t *bm, uint64_t i) { return (bm[i / 64] >> (i % 64)) & 1; }
+static void bit_set(uint64_t *bm, uint64_t i) { bm[i / 64] |= 1ull << (i % 64); }
+static size_t bitmap_bytes(uint64_t npages) { return (size_t)((npages + 63) / 64 * 8); }
+
+/* ---- objects and the tree ---- */
+
+struct vmm_snapshot *vmm__snap_alloc(void) {
+  struct vmm_snapshot *s = calloc(1, sizeof(*s));
+  if (s == NULL) return NULL;
+  atomic_init(&s->refs, 1);
+  s->id = atomic_fetch_add(&vmm_snap_next_id, 1);
+  return s;
+}
+
+int vmm__snap_region_init(struct vmm_snap_region *r, uint64_t gpa, uint64_t size, uint32_t flags,
+                          bool full) {
+  memset(r, 0, sizeof(*r));
+  r->fd = -1;
+  r->gpa = gpa;
+  r->size = size;
+  r->flags = flags;
+  r->full = full;
+  r->npages = size / PAGE;
+  r->present = calloc(1, bitmap_bytes(r->npages) ? bitmap_bytes(r->npages) : 8);
+  if (r->present == NULL) return VMM_ENOMEM;
+  r->fd = memfd_create("libvmm-snapshot", MFD_CLOEXEC);
+  if (r->fd < 0) return vmm__from_errno(errno);
+  /* A sparse file: only stored pages take memory. */
+  if (ftruncate(r->fd, (off_t)size) != 0) return vmm__from_errno(errno);
+  r->map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, r->fd, 0);
+  if (r->map == MAP_FAILED) {
+    r->map = NULL;
+    return vmm__from_errno(errno);
+  }
+  return 0;
+}
+
+void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *data) {
+  memcpy(r->map + page * PAGE, data, PAGE);
+  if (!bit_get(r->present, page)) {
+    bit_set(r->present, page);
+    r->own_pages++;
+  }
+}
+
+static void vmm_snap_region_fini(struct vmm_snap_region *r) {
+  if (r->map) munmap(r->map, r->size);
+  if (r->fd >= 0) close(r->fd);
+  free(r->present);
+}
+
+void vmm__snap_link(struct vmm_snapshot *child, struct vmm_snapshot *parent) {
+  if (parent == NULL) return;
+  child->parent = vmm_snapshot_retain(parent);
+  child->depth = parent->depth + 1;
+  pthread_mutex_lock(&vmm_snap_tree_lock);
+  if (parent->nchildren == parent->children_cap) {
+    size_t cap = parent->children_cap ? parent->children_cap * 2 : 4;
+    struct vmm_snapshot **c = realloc(parent->children, cap * sizeof(*c));
+    if (c) {
+      parent->children = c;
+      parent->children_cap = cap;
+    }
+  }
+  if (parent->nchildren < parent->children_cap) parent->children[parent->nchildren++] = child;
+  pthread_mutex_unlock(&vmm_snap_tree_lock);
+}
+
+vmm_snapshot_t *vmm_snapshot_retain(vmm_snapshot_t *s) {
+  if (s) atomic_fetch_add(&s->refs, 1);
+  return s;
+}
+
+void vmm_snapshot_release(vmm_snapshot_t *s) {
+  while (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+    struct vmm_snapshot *parent = s->parent;
+    pthread_mutex_lock(&vmm_snap_tree_lock);
+    if (parent) {
+      for (size_t i = 0; i < parent->nchildren; i++) {
+        if (parent->children[i] == s) {
+          memmove(&parent->children[i], &parent->children[i + 1],
+                  (parent->nchildren - i - 1) * sizeof(parent->children[0]));
+          parent->nchildren--;
+          break;
+        }
+      }
+    }
+    /* Children keep their parent alive, so a dying snapshot has none left. */
+    pthread_mutex_unlock(&vmm_snap_tree_lock);
+    for (size_t i = 0; i < s->nregions; i++) vmm_snap_region_fini(&s->regions[i]);
+    for (size_t i = 0; i < s->ndevices; i++) {
+      cJSON_Delete(s->devices[i].state);
+      free(s->devices[i].config);
+    }
+    free(s->regions);
+    free(s->devices);
+    free(s->cpus);
+    free(s->handlers);
+    free(s->children);
+    free(s->path);
+    free(s);
+    s = parent; /* Drop the reference this snapshot held, iteratively. */
+  }
+}
+
+int vmm_snapshot_set_name(vmm_snapshot_t *s, const char *name) {
+  if (s == NULL || name == NULL || strlen(name) >= sizeof(s->name)) return VMM_EINVAL;
+  pthread_mutex_lock(&vmm_snap_tree_lock);
+  snprintf(s->name, sizeof(s->name), "%s", name);
+  pthread_mutex_unlock(&vmm_snap_tree_lock);
+  return 0;
+}
+
+const char *vmm_snapshot_name(const vmm_snapshot_t *s) { return s ? s->name : NULL; }
+
+vmm_snapshot_t *vmm_snapshot_parent(const vmm_snapshot_t *s) { return s ? s->parent : NULL; }
+
+int vmm_snapshot_children(const vmm_snapshot_t *s, vmm_snapshot_t **out, size_t cap,
+                          size_t *count) {
+  if (s == NULL || count == NULL || (out == NULL && cap)) return VMM_EINVAL;
+  pthread_mutex_lock(&vmm_snap_tree_lock);
+  for (size_t i = 0; i < s->nchildren && i < cap; i++) out[i] = s->children[i];
+  *count = s->nchildren;
+  pthread_mutex_unlock(&vmm_snap_tree_lock);
+  return 0;
+}
+
+int vmm_snapshot_info(const vmm_snapshot_t *s, vmm_snapshot_info_t *info) {
+  if (s == NULL || info == NULL || info->struct_size < sizeof(vmm_snapshot_info_t))
+    return VMM_EINVAL;
+  info->backend = s->backend;
+  info->vcpus = s->nvcpus;
+  info->depth = s->depth;
+  info->ram_bytes = 0;
+  info->own_pages = 0;
+  for (size_t i = 0; i < s->nregions; i++) {
+    info->ram_bytes += s->regions[i].size;
+    info->own_pages += s->regions[i].own_pages;
+  }
+  info->id = s->id;
+  memset(info->content_hash, 0, sizeof(info->content_hash));
+  if (s->hashed) memcpy(info->content_hash, s->hash, sizeof(info->content_hash));
+  return 0;
+}
+
+int vmm_snapshot_cpu_state(const vmm_snapshot_t *s, uint32_t index, vmm_cpu_state_t *state) {
+  if (s == NULL || state == NULL || state->struct_size < offsetof(vmm_cpu_state_t, xsave) + VMM_XSAVE_SIZE)
+    return VMM_EINVAL;
+  if (index >= s->nvcpus) return VMM_ERANGE;
+  uint32_t size = state->struct_size;
+  memcpy(state, &s->cpus[index], size < sizeof(*state) ? size : sizeof(*state));
+  state->struct_size = size;
+  return 0;
+}
+
+/* ---- page lookup ---- */
+
+const uint8_t *vmm__snap_page(const struct vmm_snapshot *s, size_t ri, uint64_t page) {
+  for (; s; s = s->parent) {
+    const struct vmm_snap_region *r = &s->regions[ri];
+    if (bit_get(r->present, page)) return r->map + page * PAGE;
+    if (r->full) return NULL;
+  }
+  return NULL;
+}
+
+static size_t vmm_snap_find_region(const struct vmm_snapshot *s, uint64_t gpa) {
+  for (size_t i = 0; i < s->nregions; i++)
+    if (gpa >= s->regions[i].gpa && gpa - s->regions[i].gpa < s->regions[i].size) return i;
+  return SIZE_MAX;
+}
+
+int vmm_snapshot_read(const vmm_snapshot_t *s, uint64_t gpa, void *buf, size_t len) {
+  if (s == NULL || (buf == NULL && len)) return VMM_EINVAL;
+  if (gpa + len < gpa) return VMM_EFAULT;
+  uint8_t *out = buf;
+  while (len) {
+    size_t ri = vmm_snap_find_region(s, gpa);
+    if (ri == SIZE_MAX) return VMM_EFAULT;
+    const struct vmm_snap_region *r = &s->regions[ri];
+    uint64_t off = gpa - r->gpa;
+    size_t n = (size_t)(PAGE - off % PAGE);
+    if (n > len) n = len;
+    const uint8_t *p = vmm__snap_page(s, ri, off / PAGE);
+    if (p) memcpy(out, p + off % PAGE, n);
+    else memset(out, 0, n);
+    out += n;
+    gpa += n;
+    len -= n;
+  }
+  return 0;
+}
+
+/* ---- capture ---- */
+
+static bool vmm_vm_stopped(vmm_vm_t *vm) { return atomic_load(&vm->running) == 0; }
+
+static bool vmm_page_is_zero(const uint8_t *p) {
+  static const uint8_t zero[PAGE];
+  return memcmp(p, zero, PAGE) == 0;
+}
+
+/* A vCPU stopped inside a hypercall-page entry is moved out of it, so that the state does not
+ * depend on the backend's entry code (the page is rewritten when the VM moves to another
+ * backend). Entries are restartable up to their trap, which is followed by `ret`: at the `ret`
+ * the return is done here, anywhere else the entry starts over. */
+static int vmm_snap_leave_hypercall_page(vmm_vm_t *vm, vmm_cpu_state_t *st) {
+  uint64_t page = vm->hypercall_page_gpa;
+  uint64_t rip = st->regs.rip;
+  if (page == 0 || rip < page || rip >= page + PAGE) return 0;
+  uint8_t op = 0;
+  if (vmm_vm_read(vm, rip, &op, 1) != 0) return VMM_EFAULT;
+  if (op == 0xc3) {
+    uint64_t ret;
+    if (vmm_vm_read(vm, st->regs.rsp, &ret, 8) != 0) return VMM_EFAULT;
+    st->regs.rip = ret;
+    st->regs.rsp += 8;
+  } else {
+    st->regs.rip = rip & ~(uint64_t)(VMM_HC_ENTRY_SIZE - 1);
+  }
+  return 0;
+}
+
+static int vmm_snap_capture_cpus(vmm_vm_t *vm, struct vmm_snapshot *s) {
+  uint32_t n = 0;
+  while (n < VMM_MAX_VCPUS && vm->vcpus[n]) n++;
+  s->cpus = calloc(n ? n : 1, sizeof(*s->cpus));
+  if (s->cpus == NULL) return VMM_ENOMEM;
+  s->nvcpus = n;
+  for (uint32_t i = 0; i < n; i++) {
+    vmm_vcpu_t *v = vm->vcpus[i];
+    int rc = vm->ops->flush_pending(v, &v->cur);
+    if (rc) return rc;
+    v->cur.reason = VMM_EXIT_NONE;
+    s->cpus[i].struct_size = sizeof(s->cpus[i]);
+    rc = vm->ops->get_state(v, &s->cpus[i]);
+    if (rc) return rc;
+    vmm_regs_t before = s->cpus[i].regs;
+    rc = vmm_snap_leave_hypercall_page(vm, &s->cpus[i]);
+    if (rc) return rc;
+    /* The running VM continues from the same normalized state. */
+    if (memcmp(&before, &s->cpus[i].regs, sizeof(before)) != 0) {
+      rc = vm->ops->set_state(v, &s->cpus[i]);
+      if (rc) return rc;
+    }
+  }
+  return 0;
+}
+
+static int vmm_snap_capture_devices(vmm_vm_t *vm, struct vmm_snapshot *s) {
+  vmm_device_t **devs = NULL;
+  size_t n = vmm__vm_devices(vm, &devs);
+  s->devices = calloc(n ? n : 1, sizeof(*s->devices));
+  if (s->devices == NULL) {
+    free(devs);
+    return VMM_ENOMEM;
+  }
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    struct vmm_snap_device *d = &s->devices[i];
+    const struct vmm_device_ops *ops = devs[i]->ops;
+    snprintf(d->type, sizeof(d->type), "%s", ops->type);
+    d->version = ops->version;
+    d->ops = ops;
+    s->ndevices++;
+    if (ops->save) {
+      d->state = ops->save(devs[i]);
+      if (d->state == NULL) rc = VMM_ENOMEM;
+    }
+    if (rc == 0 && ops->dup_config) {
+      d->config = ops->dup_config(devs[i]);
+      if (d->config == NULL) rc = VMM_ENOMEM;
+    }
+  }
+  free(devs);
+  return rc;
+}
+
+static int vmm_snap_capture_handlers(vmm_vm_t *vm, struct vmm_snapshot *s) {
+  pthread_rwlock_rdlock(&vm->bus_lock);
+  size_t n = vm->pio.count + vm->mmio.count + VMM_HC_COUNT;
+  s->handlers = calloc(n, sizeof(*s->handlers));
+  if (s->handlers == NULL) {
+    pthread_rwlock_unlock(&vm->bus_lock);
+    return VMM_ENOMEM;
+  }
+  const struct vmm_handler_vec *vecs[2] = {&vm->pio, &vm->mmio};
+  for (int v = 0; v < 2; v++) {
+    for (size_t i = 0; i < vecs[v]->count; i++) {
+      const struct vmm_handler *h = vecs[v]->items[i];
+      if (h->device) continue; /* Devices register their own on the clone. */
+      s->handlers[s->nhandlers++] = (struct vmm_snap_handler){
+          h->kind, h->base, h->len, h->io_fn, NULL, h->user_data};
+    }
+  }
+  for (size_t i = 0; i < VMM_HC_COUNT; i++) {
+    const struct vmm_handler *h = vm->hypercalls[i];
+    if (h && !h->device)
+      s->handlers[s->nhandlers++] =
+          (struct vmm_snap_handler){h->kind, h->base, 1, NULL, h->hc_fn, h->user_data};
+  }
+  s->console_fn = vm->console_fn;
+  s->console_user_data = vm->console_user_data;
+  pthread_rwlock_unlock(&vm->bus_lock);
+  return 0;
+}
+
+/* Every page of the region that holds data (holes in the memfd are skipped without reading). */
+static int vmm_snap_capture_full(struct vmm_region *live, struct vmm_snap_region *r) {
+  off_t pos = 0, end = (off_t)live->size;
+  while (pos < end) {
+    off_t data = live->cow ? pos : lseek(live->memfd, pos, SEEK_DATA);
+    if (data < 0) break; /* ENXIO: no data after pos. */
+    off_t hole = live->cow ? end : lseek(live->memfd, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    for (uint64_t pg = (uint64_t)data / PAGE; pg < ((uint64_t)hole + PAGE - 1) / PAGE; pg++) {
+      const uint8_t *src = live->hva + pg * PAGE;
+      if (!vmm_page_is_zero(src)) vmm__snap_store_page(r, pg, src);
+    }
+    pos = hole;
+  }
+  return 0;
+}
+
+/* Dirty logging on every region; false when the backend cannot log. */
+static bool vmm_snap_enable_logging(vmm_vm_t *vm) {
+  for (size_t i = 0; i < vm->nregions; i++) {
+    int rc = vmm_vm_dirty_log_enable(vm, vm->regions[i]->gpa, 1);
+    if (rc != 0) {
+      VMM_LOG_I("snapshots: dirty logging unavailable on %s (%s): every snapshot and roll back "
+                "copies all of RAM", vm->ops->name, vmm_strerror(rc));
+      return false;
+    }
+  }
+  return true;
+}
+
+static bool vmm_snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s) {
+  if (s == NULL || s->nregions != vm->nregions) return false;
+  for (size_t i = 0; i < vm->nregions; i++)
+    if (s->regions[i].gpa != vm->regions[i]->gpa || s->regions[i].size != vm->regions[i]->size)
+      return false;
+  return true;
+}
+
+/* Reads and clears the dirty pages of region i (backend writes and host writes). */
+static int vmm_snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out) {
+  struct vmm_region *live = vm->regions[i];
+  size_t bytes = bitmap_bytes(live->size / PAGE);
+  uint64_t *bm = calloc(1, bytes ? bytes : 8);
+  if (bm == NULL) return VMM_ENOMEM;
+  int rc = vmm_vm_dirty_log_get(vm, live->gpa, bm, bytes);
+  if (rc) {
+    free(bm);
+    return rc;
+  }
+  *out = bm;
+  return 0;
+}
+
+int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
+  if (out) *out = NULL;
+  if (vm == NULL || out == NULL) return VMM_EINVAL;
+  if (!vmm_vm_stopped(vm)) return VMM_EBUSY;
+  struct vmm_snapshot *s = vmm__snap_alloc();
+  if (s == NULL) return VMM_ENOMEM;
+  s->backend = vm->backend;
+  s->hypercall_page_gpa = vm->hypercall_page_gpa;
+  s->exc_stubs_gpa = vm->exc_stubs_gpa;
+  int rc = vmm_snap_capture_cpus(vm, s);
+  if (rc == 0) rc = vmm_snap_capture_devices(vm, s);
+  if (rc == 0) rc = vmm_snap_capture_handlers(vm, s);
+  if (rc) goto fail;
+
+  struct vmm_snapshot *base = vm->snap_base;
+  bool incremental = base && vm->dirty_all && vmm_snap_same_layout(vm, base);
+  s->regions = calloc(vm->nregions ? vm->nregions : 1, sizeof(*s->regions));
+  if (s->regions == NULL) {
+    rc = VMM_ENOMEM;
+    goto fail;
+  }
+  for (size_t i = 0; i < vm->nregions; i++) {
+    struct vmm_region *live = vm->regions[i];
+    rc = vmm__snap_region_init(&s->regions[i], live->gpa, live->size, live->flags, !incremental);
+    s->nregions++;
+    if (rc) goto fail;
+    if (incremental) {
+      uint64_t *bm;
+      rc = vmm_snap_dirty(vm, i, &bm);
+      if (rc) goto fail;
+      for (uint64_t pg = 0; pg < s->regions[i].npages; pg++)
+        if (bit_get(bm, pg)) vmm__snap_store_page(&s->regions[i], pg, live->hva + pg * PAGE);
+      free(bm);
+    } else {
+      rc = vmm_snap_capture_full(live, &s->regions[i]);
+      if (rc) goto fail;
+    }
+  }
+  if (!incremental) {
+    vm->dirty_all = vmm_snap_enable_logging(vm);
+    /* Start the log clean: this snapshot holds everything up to now. */
+    for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
+      uint64_t *bm;
+      if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
+    }
+  }
+  vmm__snap_link(s, base);
+  vm->snap_base = vmm_snapshot_retain(s);
+  vmm_snapshot_release(base);
+  *out = s;
+  return 0;
+
+fail:
+  vmm_snapshot_release(s);
+  return rc;
+}
+
+/* ---- restore ---- */
+
+static int vmm_snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t ***devs,
+                                  size_t *n) {
+  *n = vmm__vm_devices(vm, devs);
+  if (*n != s->ndevices) {
+    VMM_LOG_E("restore: the VM has %zu devices, the snapshot %zu", *n, s->ndevices);
+    return VMM_EINVAL;
+  }
+  for (size_t i = 0; i < *n; i++) {
+    if (strcmp((*devs)[i]->ops->type, s->devices[i].type) != 0) {
+      VMM_LOG_E("restore: device %zu is a %s, the snapshot has a %s", i, (*devs)[i]->ops->type,
+                s->devices[i].type);
+      return VMM_EINVAL;
+    }
+    if (s->devices[i].version != (*devs)[i]->ops->version) {
+      VMM_LOG_E("restore: %s state version %u, this library reads version %u", s->devices[i].type,
+                s->devices[i].version, (*devs)[i]->ops->version);
+      return VMM_EVERSION;
+    }
+  }
+  return 0;
+}
+
+/* The lowest common ancestor of a and b, or NULL. */
+static const struct vmm_snapshot *vmm_snap_lca(const struct vmm_snapshot *a,
+                                               const struct vmm_snapshot *b) {
+  while (a && b && a->depth > b->depth) a = a->parent;
+  while (a && b && b->depth > a->depth) b = b->parent;
+  while (a && b && a != b) {
+    a = a->parent;
+    b = b->parent;
+  }
+  return a == b ? a : NULL;
+}
+
+/* Marks in `want` the pages that a layer on the path from `from` up to (not including) `stop`
+ * stores. Returns false when a full layer lies on that path (then every page may differ). */
+static bool vmm_snap_mark_path(const struct vmm_snapshot *from, const struct vmm_snapshot *stop,
+                               size_t ri, uint64_t *want, size_t words) {
+  for (const struct vmm_snapshot *s = from; s && s != stop; s = s->parent) {
+    const struct vmm_snap_region *r = &s->regions[ri];
+    if (r->full) return false;
+    for (size_t w = 0; w < words; w++) want[w] |= r->present[w];
+  }
+  return true;
+}
+
+static void vmm_snap_write_page(struct vmm_region *live, const struct vmm_snapshot *s, size_t ri,
+                                uint64_t pg) {
+  const uint8_t *src = vmm__snap_page(s, ri, pg);
+  uint8_t *dst = live->hva + pg * PAGE;
+  if (src) memcpy(dst, src, PAGE);
+  else if (!vmm_page_is_zero(dst)) memset(dst, 0, PAGE); /* Reading a hole allocates nothing. */
+}
+
+static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
+  const struct vmm_snapshot *base = vm->snap_base;
+  const struct vmm_snapshot *lca = base ? vmm_snap_lca(base, s) : NULL;
+  bool incremental = base && vm->dirty_all && lca && vmm_snap_same_layout(vm, base);
+  for (size_t i = 0; i < vm->nregions; i++) {
+    struct vmm_region *live = vm->regions[i];
+    uint64_t npages = live->size / PAGE;
+    size_t words = bitmap_bytes(npages) / 8;
+    uint64_t *want = NULL;
+    bool partial = false;
+    if (incremental) {
+      int rc = vmm_snap_dirty(vm, i, &want);
+      if (rc) return rc;
+      partial = vmm_snap_mark_path(base, lca, i, want, words) &&
+                vmm_snap_mark_path(s, lca, i, want, words);
+    }
+    if (partial) {
+      for (size_t w = 0; w < words; w++) {
+        uint64_t bits = want[w];
+        while (bits) {
+          uint64_t pg = w * 64 + (uint64_t)__builtin_ctzll(bits);
+          bits &= bits - 1;
+          vmm_snap_write_page(live, s, i, pg);
+        }
+      }
+    } else {
+      for (uint64_t pg = 0; pg < npages; pg++) vmm_snap_write_page(live, s, i, pg);
+    }
+    free(want);
+  }
+  if (!vm->dirty_all) vm->dirty_all = vmm_snap_enable_logging(vm);
+  /* The pages just written are the snapshot's: the log starts clean from here. */
+  for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
+    uint64_t *bm;
+    if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
+  }
+  return 0;
+}
+
+/* CPU states, devices, the hypercall page of this VM's backend. */
+static int vmm_snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **devs,
+                          size_t ndevs) {
+  int rc;
+  vm->exc_stubs_gpa = s->exc_stubs_gpa;
+  if (s->hypercall_page_gpa) {
+    rc = vmm__install_hypercall_page(vm, s->hypercall_page_gpa);
+    if (rc) return rc;
+  }
+  for (uint32_t i = 0; i < s->nvcpus; i++) {
+    vmm_vcpu_t *v = vm->vcpus[i];
+    rc = vm->ops->set_state(v, &s->cpus[i]);
+    if (rc) {
+      VMM_LOG_E("restore: vCPU %u state refused by %s: %s", i, vm->ops->name, vmm_strerror(rc));
+      return rc;
+    }
+    v->cur.reason = VMM_EXIT_NONE;
+    v->returned_reason = VMM_EXIT_NONE;
+  }
+  for (size_t i = 0; i < ndevs; i++) {
+    if (devs[i]->ops->load && s->devices[i].state) {
+      rc = devs[i]->ops->load(devs[i], s->devices[i].state);
+      if (rc) {
+        VMM_LOG_E("restore: %s refused its saved state", s->devices[i].type);
+        return rc;
+      }
+    }
+  }
+  return 0;
+}
+
+int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
+  if (vm == NULL || s == NULL) return VMM_EINVAL;
+  if (!vmm_vm_stopped(vm)) return VMM_EBUSY;
+  if (s->nregions != vm->nregions) {
+    VMM_LOG_E("restore: the VM has %zu RAM regions, the snapshot %zu", vm->nregions, s->nregions);
+    return VMM_EINVAL;
+  }
+  for (size_t i = 0; i < s->nregions; i++) {
+    if (s->regions[i].gpa != vm->regions[i]->gpa || s->regions[i].size != vm->regions[i]->size) {
+      VMM_LOG_E("restore: RAM region %zu differs from the snapshot's", i);
+      return VMM_EINVAL;
+    }
+  }
+  uint32_t nvcpus = 0;
+  while (nvcpus < VMM_MAX_VCPUS && vm->vcpus[nvcpus]) nvcpus++;
+  if (nvcpus != s->nvcpus) {
+    VMM_LOG_E("restore: the VM has %u vCPUs, the snapshot %u", nvcpus, s->nvcpus);
+    return VMM_EINVAL;
+  }
+  vmm_device_t **devs = NULL;
+  size_t ndevs = 0;
+  int rc = vmm_snap_check_devices(vm, s, &devs, &ndevs);
+  for (uint32_t i = 0; rc == 0 && i < nvcpus; i++) {
+    rc = vm->ops->flush_pending(vm->vcpus[i], &vm->vcpus[i]->cur);
+    vm->vcpus[i]->cur.reason = VMM_EXIT_NONE;
+  }
+  if (rc == 0) rc = vmm_snap_restore_memory(vm, s);
+  if (rc == 0) rc = vmm_snap_apply(vm, s, devs, ndevs);
+  free(devs);
+  if (rc) return rc;
+  vmm_snapshot_t *old = vm->snap_base;
+  vm->snap_base = vmm_snapshot_retain(s);
+  vmm_snapshot_release(old);
+  return 0;
+}
+
+/* ---- clone ---- */
+
+/* The nearest full layer of region ri, and whether every layer above it is a diff. */
+static const struct vmm_snapshot *vmm_snap_full_layer(const struct vmm_snapshot *s, size_t ri) {
+  for (; s; s = s->parent)
+    if (s->regions[ri].full) return s;
+  return NULL;
+}
+
+static int vmm_snap_clone_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
+  for (size_t i = 0; i < s->nregions; i++) {
+    const struct vmm_snap_region *r = &s->regions[i];
+    const struct vmm_snapshot *full = vmm_snap_full_layer(s, i);
+    int rc = full ? vmm__vm_map_ram_cow(vm, r->gpa, r->size, r->flags, full->regions[i].fd)
+                  : VMM_ENOSYS;
+    if (rc == 0) {
+      /* Shared with the full layer; only the diff layers above it are copied. */
+      struct vmm_region *live = vmm__region_find(vm, r->gpa, r->size);
+      for (const struct vmm_snapshot *d = s; d != full; d = d->parent) {
+        const struct vmm_snap_region *dr = &d->regions[i];
+        for (uint64_t pg = 0; pg < dr->npages; pg++)
+          if (bit_get(dr->present, pg) && vmm__snap_page(s, i, pg) == dr->map + pg * PAGE)
+            memcpy(live->hva + pg * PAGE, dr->map + pg * PAGE, PAGE);
+      }
+      continue;
+    }
+    if (rc != VMM_ENOSYS) return rc;
+    /* The backend needs a shared memfd of its own: copy the stored pages into one. */
+    void *hva;
+    rc = vmm_vm_map_ram(vm, r->gpa, r->size, r->flags, &hva);
+    if (rc) return rc;
+    for (uint64_t pg = 0; pg < r->npages; pg++) {
+      const uint8_t *src = vmm__snap_page(s, i, pg);
+      if (src) memcpy((uint8_t *)hva + pg * PAGE, src, PAGE);
+    }
+  }
+  return 0;
+}
+
+/* Fills a new, empty VM from a snapshot; on failure the caller destroys the VM. */
+static int vmm_snap_clone_into(struct vmm_snapshot *s, vmm_vm_t *vm) {
+  int rc = vmm_snap_clone_memory(vm, s);
+  for (uint32_t i = 0; rc == 0 && i < s->nvcpus; i++) {
+    vmm_vcpu_t *v;
+    rc = vmm_vcpu_create(vm, i, &v);
+  }
+  if (rc == 0) vmm_vm_set_console(vm, s->console_fn, s->console_user_data);
+  for (size_t i = 0; rc == 0 && i < s->nhandlers; i++) {
+    const struct vmm_snap_handler *h = &s->handlers[i];
+    switch (h->kind) {
+      case VMM_HANDLER_PIO:
+        rc = vmm_vm_add_pio_handler(vm, (uint32_t)h->base, (uint32_t)h->len, h->io_fn,
+                                    h->user_data, NULL);
+        break;
+      case VMM_HANDLER_MMIO:
+        rc = vmm_vm_add_mmio_handler(vm, h->base, h->len, h->io_fn, h->user_data, NULL);
+        break;
+      case VMM_HANDLER_HYPERCALL:
+        rc = vmm_vm_add_hypercall_handler(vm, h->base, h->hc_fn, h->user_data, NULL);
+        break;
+    }
+  }
+  for (size_t i = 0; rc == 0 && i < s->ndevices; i++) {
+    const struct vmm_snap_device *d = &s->devices[i];
+    if (d->ops == NULL || d->ops->create_from_config == NULL || d->config == NULL) {
+      VMM_LOG_E("clone: device %s cannot be cloned", d->type);
+      return VMM_ENOSYS;
+    }
+    vmm_device_t *dev;
+    rc = d->ops->create_from_config(vm, d->config, &dev);
+  }
+  vmm_device_t **devs = NULL;
+  size_t ndevs = 0;
+  if (rc == 0) rc = vmm_snap_check_devices(vm, s, &devs, &ndevs);
+  if (rc == 0) rc = vmm_snap_apply(vm, s, devs, ndevs);
+  free(devs);
+  if (rc) return rc;
+  vm->dirty_all = vmm_snap_enable_logging(vm);
+  for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
+    uint64_t *bm;
+    if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
+  }
+  vm->snap_base = vmm_snapshot_retain(s);
+  return 0;
+}
+
+int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out);
+int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out) {
+  vmm_vm_config_t vc = VMM_VM_CONFIG_INIT;
+  vc.max_vcpus = s->nvcpus ? s->nvcpus : 1;
+  int rc = vmm__vm_create_with_ops(&vc, ops, out);
+  if (rc) return rc;
+  rc = vmm_snap_clone_into(s, *out);
+  if (rc) {
+    vmm_vm_destroy(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+int vmm_snapshot_clone(vmm_snapshot_t *s, const vmm_clone_config_t *config, vmm_vm_t **out) {
+  if (out) *out = NULL;
+  if (s == NULL || out == NULL) return VMM_EINVAL;
+  vmm_clone_config_t cfg = VMM_CLONE_CONFIG_INIT;
+  if (config) {
+    if (config->struct_size < sizeof(cfg) || config->flags) return VMM_EINVAL;
+    cfg = *config;
+  } else {
+    cfg.backend = vmm_backend_probe(s->backend) == 0 ? s->backend : VMM_BACKEND_AUTO;
+  }
+  if (s->from_file) {
+    VMM_LOG_E("clone: a snapshot loaded from a file has no device configuration; create the VM "
+              "and its devices and use vmm_vm_restore()");
+    return VMM_ESTATE;
+  }
+  vmm_vm_config_t vc = VMM_VM_CONFIG_INIT;
+  vc.backend = cfg.backend;
+  vc.max_vcpus = s->nvcpus ? s->nvcpus : 1;
+  vmm_vm_t *vm = NULL;
+  int rc = vmm_vm_create(&vc, &vm);
+  if (rc) return rc;
+  rc = vmm_snap_clone_into(s, vm);
+  if (rc) {
+    vmm_vm_destroy(vm);
+    return rc;
+  }
+  *out = vm;
+  return 0;
+}

@@ -1,0 +1,257 @@
+/* Snapshots on the mock backend: capture, roll back, the tree, clones, devices. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "core/snapshot.h"
+#include "core/internal.h"
+#include "mock_backend.h"
+
+#define RAM (4u << 20)
+
+struct fixture {
+  vmm_vm_t *vm;
+  vmm_vcpu_t *vcpu;
+  vmm_device_t *uart;
+};
+
+static int setup(void **state) {
+  struct fixture *f = calloc(1, sizeof(*f));
+  f->vm = mock_vm_create(RAM);
+  assert_non_null(f->vm);
+  assert_int_equal(vmm_vcpu_create(f->vm, 0, &f->vcpu), 0);
+  vmm_uart_config_t u = VMM_UART_CONFIG_INIT;
+  assert_int_equal(vmm_uart_create(f->vm, &u, &f->uart), 0);
+  assert_int_equal(vmm_debug_exit_create(f->vm, 0, NULL), 0);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  struct fixture *f = *state;
+  vmm_vm_destroy(f->vm);
+  free(f);
+  return 0;
+}
+
+/* A guest write: the page changes and the backend's dirty log says so. */
+static void guest_write(vmm_vm_t *vm, uint64_t gpa, uint8_t v) {
+  void *hva;
+  assert_int_equal(vmm_vm_gpa_to_hva(vm, gpa, 1, &hva), 0);
+  *(uint8_t *)hva = v;
+  uint64_t pg = gpa / 4096;
+  mock_vm_of(vm)->dirty[pg / 64] |= 1ull << (pg % 64);
+}
+
+static uint8_t peek(vmm_vm_t *vm, uint64_t gpa) {
+  uint8_t v;
+  assert_int_equal(vmm_vm_read(vm, gpa, &v, 1), 0);
+  return v;
+}
+
+static void test_snapshot_and_roll_back(void **state) {
+  struct fixture *f = *state;
+  guest_write(f->vm, 0x1000, 1);
+  guest_write(f->vm, 0x3ff000, 2);
+  mock_vcpu_of(f->vcpu)->state.regs.rax = 111;
+  vmm_snapshot_t *a;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &a), 0);
+  vmm_snapshot_info_t info = VMM_SNAPSHOT_INFO_INIT;
+  assert_int_equal(vmm_snapshot_info(a, &info), 0);
+  assert_int_equal(info.own_pages, 2); /* Only pages holding data are stored. */
+  assert_int_equal(info.ram_bytes, RAM);
+  assert_int_equal(info.depth, 0);
+
+  for (int round = 0; round < 5; round++) {
+    guest_write(f->vm, 0x1000, (uint8_t)(50 + round));
+    guest_write(f->vm, 0x2000, 9);
+    uint8_t host = 7;
+    vmm_vm_write(f->vm, 0x3ff000, &host, 1);
+    mock_vcpu_of(f->vcpu)->state.regs.rax = 999;
+    assert_int_equal(vmm_vm_restore(f->vm, a), 0);
+    assert_int_equal(peek(f->vm, 0x1000), 1);
+    assert_int_equal(peek(f->vm, 0x2000), 0);
+    assert_int_equal(peek(f->vm, 0x3ff000), 2);
+    assert_int_equal(mock_vcpu_of(f->vcpu)->state.regs.rax, 111);
+  }
+  vmm_snapshot_release(a);
+}
+
+static void test_snapshot_tree_and_branches(void **state) {
+  struct fixture *f = *state;
+  guest_write(f->vm, 0x5000, 10);
+  vmm_snapshot_t *root, *b, *c;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &root), 0);
+  guest_write(f->vm, 0x6000, 20);
+  assert_int_equal(vmm_vm_snapshot(f->vm, &b), 0); /* Child of root: holds page 6 only. */
+  vmm_snapshot_info_t info = VMM_SNAPSHOT_INFO_INIT;
+  vmm_snapshot_info(b, &info);
+  assert_int_equal(info.own_pages, 1);
+  assert_int_equal(info.depth, 1);
+  assert_ptr_equal(vmm_snapshot_parent(b), root);
+
+  assert_int_equal(vmm_vm_restore(f->vm, root), 0);
+  assert_int_equal(peek(f->vm, 0x6000), 0);
+  guest_write(f->vm, 0x7000, 30);
+  assert_int_equal(vmm_vm_snapshot(f->vm, &c), 0); /* Second branch from root. */
+  assert_ptr_equal(vmm_snapshot_parent(c), root);
+  vmm_snapshot_t *kids[4];
+  size_t n;
+  assert_int_equal(vmm_snapshot_children(root, kids, 4, &n), 0);
+  assert_int_equal(n, 2);
+  assert_ptr_equal(kids[0], b);
+  assert_ptr_equal(kids[1], c);
+
+  /* Jump across branches: the pages of both branches are fixed up. */
+  assert_int_equal(vmm_vm_restore(f->vm, b), 0);
+  assert_int_equal(peek(f->vm, 0x5000), 10);
+  assert_int_equal(peek(f->vm, 0x6000), 20);
+  assert_int_equal(peek(f->vm, 0x7000), 0);
+  assert_int_equal(vmm_vm_restore(f->vm, c), 0);
+  assert_int_equal(peek(f->vm, 0x6000), 0);
+  assert_int_equal(peek(f->vm, 0x7000), 30);
+  uint8_t buf[2];
+  assert_int_equal(vmm_snapshot_read(b, 0x6000, buf, 1), 0);
+  assert_int_equal(buf[0], 20);
+  assert_int_equal(vmm_snapshot_read(b, RAM - 1, buf, 2), VMM_EFAULT);
+
+  assert_int_equal(vmm_snapshot_set_name(b, "branch-b"), 0);
+  assert_string_equal(vmm_snapshot_name(b), "branch-b");
+  char longname[100];
+  memset(longname, 'x', sizeof(longname) - 1);
+  longname[99] = 0;
+  assert_int_equal(vmm_snapshot_set_name(b, longname), VMM_EINVAL);
+
+  /* Releasing a child unlinks it; the tree survives through references. */
+  vmm_snapshot_release(b);
+  assert_int_equal(vmm_snapshot_children(root, kids, 4, &n), 0);
+  assert_int_equal(n, 1);
+  vmm_snapshot_release(root); /* c keeps root alive. */
+  assert_non_null(vmm_snapshot_parent(c));
+  vmm_snapshot_release(c);
+}
+
+static void test_snapshot_device_state(void **state) {
+  struct fixture *f = *state;
+  size_t acc;
+  vmm_uart_input(f->uart, "abc", 3, &acc);
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  vmm_uart_input(f->uart, "zzzzz", 5, &acc);
+  assert_int_equal(vmm_vm_restore(f->vm, s), 0);
+  /* The receive buffer is back to "abc": read through a scripted IO exit. */
+  vmm_exit_t e;
+  memset(&e, 0, sizeof(e));
+  e.reason = VMM_EXIT_IO;
+  e.io.port = 0x3f8;
+  e.io.size = 1;
+  e.io.count = 1;
+  for (int i = 0; i < 4; i++) mock_push_exit(f->vcpu, &e);
+  vmm_exit_t out;
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
+  struct mock_vcpu *m = mock_vcpu_of(f->vcpu);
+  size_t k = m->ncompleted;
+  assert_int_equal(m->completed[k - 4].io.data, 'a');
+  assert_int_equal(m->completed[k - 3].io.data, 'b');
+  assert_int_equal(m->completed[k - 2].io.data, 'c');
+  assert_int_equal(m->completed[k - 1].io.data, 0); /* Empty again. */
+  vmm_snapshot_release(s);
+}
+
+static void test_restore_refuses_mismatches(void **state) {
+  struct fixture *f = *state;
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  vmm_vm_t *other = mock_vm_create(2u << 20);
+  vmm_vcpu_t *v;
+  assert_int_equal(vmm_vcpu_create(other, 0, &v), 0);
+  assert_int_equal(vmm_vm_restore(other, s), VMM_EINVAL); /* RAM size differs. */
+  vmm_vm_destroy(other);
+  other = mock_vm_create(RAM);
+  assert_int_equal(vmm_vcpu_create(other, 0, &v), 0);
+  assert_int_equal(vmm_vm_restore(other, s), VMM_EINVAL); /* No devices. */
+  vmm_uart_config_t u = VMM_UART_CONFIG_INIT;
+  assert_int_equal(vmm_uart_create(other, &u, NULL), 0);
+  assert_int_equal(vmm_debug_exit_create(other, 0, NULL), 0);
+  assert_int_equal(vmm_vm_restore(other, s), 0);
+  vmm_vm_destroy(other);
+  assert_int_equal(vmm_vm_restore(NULL, s), VMM_EINVAL);
+  assert_int_equal(vmm_vm_snapshot(f->vm, NULL), VMM_EINVAL);
+  vmm_snapshot_release(s);
+}
+
+static int counter_hc(vmm_vcpu_t *vcpu, uint64_t nr, const uint64_t args[6], uint64_t *result,
+                      void *ud) {
+  (void)vcpu, (void)nr, (void)args;
+  (*(int *)ud)++;
+  *result = 5;
+  return VMM_HANDLED;
+}
+
+int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out);
+
+static void test_clone_shares_and_diverges(void **state) {
+  struct fixture *f = *state;
+  int calls = 0;
+  assert_int_equal(vmm_vm_add_hypercall_handler(f->vm, 80, counter_hc, &calls, NULL), 0);
+  guest_write(f->vm, 0x9000, 42);
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  guest_write(f->vm, 0xa000, 43);
+  vmm_snapshot_t *s2;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s2), 0); /* A diff layer over s. */
+  guest_write(f->vm, 0x9000, 77);                    /* The original moves on. */
+
+  vmm_vm_t *c1, *c2;
+  assert_int_equal(vmm__snap_clone_with_ops(s2, &mock_backend_ops, &c1), 0);
+  assert_int_equal(vmm__snap_clone_with_ops(s2, &mock_backend_ops, &c2), 0);
+  assert_int_equal(peek(c1, 0x9000), 42);
+  assert_int_equal(peek(c1, 0xa000), 43);
+  guest_write(c1, 0x9000, 1);
+  assert_int_equal(peek(c2, 0x9000), 42); /* Clones do not see each other's writes. */
+  assert_int_equal(peek(f->vm, 0x9000), 77);
+  vmm_ram_region_t r;
+  size_t n;
+  vmm_vm_ram_regions(c1, &r, 1, &n);
+  assert_int_equal(r.size, RAM);
+
+  /* Handlers and devices came along: the hypercall reaches the same handler. */
+  vmm_vcpu_t *cv = c1->vcpus[0];
+  vmm_exit_t e;
+  memset(&e, 0, sizeof(e));
+  e.reason = VMM_EXIT_HYPERCALL;
+  e.hypercall.nr = 80;
+  mock_push_exit(cv, &e);
+  vmm_exit_t out;
+  assert_int_equal(vmm_vcpu_run(cv, &out), 0);
+  assert_int_equal(calls, 1);
+  vmm_device_t **devs;
+  size_t nd = vmm__vm_devices(c1, &devs);
+  assert_int_equal(nd, 2);
+  assert_string_equal(vmm_device_type(devs[0]), "uart16550");
+  free(devs);
+
+  /* A clone rolls back to its snapshot like any VM. */
+  assert_int_equal(vmm_vm_restore(c1, s2), 0);
+  assert_int_equal(peek(c1, 0x9000), 42);
+  vmm_vm_destroy(c1);
+  vmm_vm_destroy(c2);
+  assert_int_equal(vmm_snapshot_clone(NULL, NULL, &c1), VMM_EINVAL);
+  vmm_snapshot_release(s2);
+  vmm_snapshot_release(s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_snapshot_and_roll_back, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_snapshot_tree_and_branches, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_snapshot_device_state, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_restore_refuses_mismatches, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_clone_shares_and_diverges, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
