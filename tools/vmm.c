@@ -11,18 +11,13 @@
 #include <libvmm/vmm.h>
 #include <uv.h>
 
-/* Exit statuses of `vmm run` besides the guest's own. */
-enum {
-  VMM_TOOL_EXCEPTION = 121,
-  VMM_TOOL_SHUTDOWN = 122,
-  VMM_TOOL_INTERNAL = 123,
-  VMM_TOOL_TIMEOUT = 124,
-  VMM_TOOL_USAGE = 125,
-};
+#include "vmm_tool.h"
 
 static const char *const vmm_usage_text =
     "usage: vmm run [options] IMAGE\n"
     "       vmm run [options] --kernel BZIMAGE|VMLINUX [--initrd FILE] [--cmdline TEXT]\n"
+    "       vmm restore [--backend NAME] [--timeout SECS] [--save FILE] FILE\n"
+    "       vmm snapshot info FILE\n"
     "       vmm version\n"
     "       vmm --help\n"
     "\n"
@@ -48,12 +43,19 @@ static const char *const vmm_usage_text =
     "  -k, --kernel FILE    boot this Linux kernel (bzImage or ELF vmlinux); no IMAGE\n"
     "  -i, --initrd FILE    initramfs for --kernel\n"
     "  -g, --guest-decompress  let a bzImage decompress itself in the guest\n"
+    "  -S, --save FILE      when the guest makes the snapshot hypercall (VMM_HC_SNAPSHOT),\n"
+    "                       save a snapshot to FILE (atomically; later ones replace it)\n"
+    "  -X, --stop-after-save  end the run (status 0) after the first save\n"
     "  -s, --stats          print the vCPU counters to stderr at the end\n"
     "  -v, --verbose        log library messages to stderr (twice: debug)\n"
     "\n"
     "exit status: the guest's status (0-255), or 121 guest exception, 122 guest shutdown\n"
     "(triple fault), 123 internal error, 124 timeout, 125 bad usage, image or backend.\n"
-    "With --kernel: 0 when Linux reboots or powers off, 122 triple fault.\n";
+    "With --kernel: 0 when Linux reboots or powers off, 122 triple fault.\n"
+    "\n"
+    "vmm restore loads a snapshot file (and its parents), creates a VM with the same RAM and\n"
+    "the same devices as vmm run, and continues the guest where it was, on any backend.\n"
+    "vmm snapshot info prints what a snapshot file holds.\n";
 
 struct vmm_run_opts {
   vmm_backend_t backend;
@@ -66,34 +68,22 @@ struct vmm_run_opts {
   const char *kernel;
   const char *initrd;
   int guest_decompress;
+  const char *save;
+  int stop_after_save;
   int mem_set;
   int stats;
   int verbose;
   const char *image;
 };
 
-struct vmm_runner {
-  vmm_vcpu_t *vcpu;
-  vmm_device_t *uart;
-  uv_loop_t loop;
-  uv_timer_t timer;
-  uv_timer_t halt_probe;
-  uv_async_t stop;
-  union {
-    uv_tty_t tty;
-    uv_pipe_t pipe;
-  } in;
-  int have_in;
-  atomic_int timed_out;
-};
 
-static void vmm_log_stderr(vmm_log_level_t level, const char *msg, void *ud) {
+void vmm_log_stderr(vmm_log_level_t level, const char *msg, void *ud) {
   (void)ud;
   static const char *const names[] = {"error", "warning", "info", "debug"};
   fprintf(stderr, "libvmm %s: %s\n", names[level], msg);
 }
 
-static void vmm_write_stdout(const char *data, size_t len, void *ud) {
+void vmm_write_stdout(const char *data, size_t len, void *ud) {
   (void)ud;
   while (len) {
     ssize_t n = write(STDOUT_FILENO, data, len);
@@ -104,7 +94,7 @@ static void vmm_write_stdout(const char *data, size_t len, void *ud) {
   }
 }
 
-static int vmm_parse_size(const char *s, uint64_t *out) {
+int vmm_parse_size(const char *s, uint64_t *out) {
   char *end;
   errno = 0;
   unsigned long long v = strtoull(s, &end, 0);
@@ -167,7 +157,7 @@ static void vmm_loop_thread(void *arg) {
   uv_run(&r->loop, UV_RUN_DEFAULT);
 }
 
-static int vmm_runner_start(struct vmm_runner *r, double timeout, int linux_mode,
+int vmm_runner_start(struct vmm_runner *r, double timeout, int linux_mode,
                             uv_thread_t *tid) {
   if (uv_loop_init(&r->loop) != 0) return -1;
   uv_async_init(&r->loop, &r->stop, vmm_on_stop);
@@ -196,7 +186,7 @@ static int vmm_runner_start(struct vmm_runner *r, double timeout, int linux_mode
   return uv_thread_create(tid, vmm_loop_thread, r);
 }
 
-static void vmm_runner_stop(struct vmm_runner *r, uv_thread_t *tid) {
+void vmm_runner_stop(struct vmm_runner *r, uv_thread_t *tid) {
   uv_async_send(&r->stop);
   uv_thread_join(tid);
   uv_loop_close(&r->loop);
@@ -211,8 +201,9 @@ static const char *vmm_vector_name(unsigned v) {
   return v < sizeof(names) / sizeof(names[0]) ? names[v] : "#?";
 }
 
-static int vmm_run_loop(vmm_vcpu_t *vcpu, struct vmm_runner *runner, int linux_mode,
-                        int verbose) {
+int vmm_run_loop(struct vmm_session *ses, struct vmm_runner *runner) {
+  vmm_vcpu_t *vcpu = ses->vcpu;
+  int linux_mode = ses->linux_mode, verbose = ses->verbose;
   vmm_exit_t exit;
   memset(&exit, 0, sizeof(exit));
   unsigned warned_io = 0, warned_mmio = 0, warned_hc = 0;
@@ -234,6 +225,11 @@ static int vmm_run_loop(vmm_vcpu_t *vcpu, struct vmm_runner *runner, int linux_m
         if (atomic_load(&runner->timed_out)) {
           fprintf(stderr, "vmm: timeout: guest still running, stopped\n");
           return VMM_TOOL_TIMEOUT;
+        }
+        if (atomic_exchange(&ses->snapshot_requested, 0)) {
+          if (vmm_session_save(ses) != 0) return VMM_TOOL_INTERNAL;
+          if (ses->stop_after_save) return 0;
+          break;
         }
         if (linux_mode) {
           vmm_cpu_state_t st = VMM_CPU_STATE_INIT;
@@ -280,7 +276,7 @@ static int vmm_run_loop(vmm_vcpu_t *vcpu, struct vmm_runner *runner, int linux_m
   }
 }
 
-static void vmm_print_stats(vmm_vcpu_t *vcpu) {
+void vmm_print_stats(vmm_vcpu_t *vcpu) {
   vmm_stat_t stats[64];
   size_t n = 0;
   if (vmm_vcpu_stats(vcpu, stats, 64, &n) != 0) return;
@@ -294,6 +290,17 @@ static int vmm_map_guest_ram(vmm_vm_t *vm, uint64_t mem) {
   uint64_t low = mem < low_max ? mem : low_max;
   int rc = vmm_vm_map_ram(vm, 0, low, 0, NULL);
   if (rc == 0 && mem > low) rc = vmm_vm_map_ram(vm, 4ull << 30, mem - low, 0, NULL);
+  return rc;
+}
+
+int vmm_standard_devices(vmm_vm_t *vm, int linux_mode, vmm_device_t **uart) {
+  vmm_uart_config_t ucfg = VMM_UART_CONFIG_INIT;
+  ucfg.out_fn = vmm_write_stdout;
+  int rc = vmm_vm_set_console(vm, vmm_write_stdout, NULL);
+  if (rc == 0) rc = vmm_debugcon_create(vm, 0, vmm_write_stdout, NULL, NULL);
+  if (rc == 0) rc = vmm_uart_create(vm, &ucfg, uart);
+  if (rc == 0) rc = vmm_debug_exit_create(vm, 0, NULL);
+  if (rc == 0 && linux_mode) rc = vmm_linux_pc_create(vm, NULL);
   return rc;
 }
 
@@ -350,16 +357,14 @@ static int vmm_cmd_run(const struct vmm_run_opts *o) {
   int status = VMM_TOOL_USAGE;
   vmm_vcpu_t *vcpu = NULL;
   vmm_device_t *uart = NULL;
-  vmm_uart_config_t ucfg = VMM_UART_CONFIG_INIT;
-  ucfg.out_fn = vmm_write_stdout;
   uint64_t mem = o->mem_set || !o->kernel ? o->mem : 512ull << 20;
+  struct vmm_session ses = {.vm = vm, .save_path = o->save, .stop_after_save = o->stop_after_save,
+                            .linux_mode = o->kernel != NULL, .verbose = o->verbose};
   rc = vmm_map_guest_ram(vm, mem);
-  if (rc == 0) rc = vmm_vm_set_console(vm, vmm_write_stdout, NULL);
-  if (rc == 0) rc = vmm_debugcon_create(vm, 0, vmm_write_stdout, NULL, NULL);
-  if (rc == 0) rc = vmm_uart_create(vm, &ucfg, &uart);
-  if (rc == 0) rc = vmm_debug_exit_create(vm, 0, NULL);
-  if (rc == 0 && o->kernel) rc = vmm_linux_pc_create(vm, NULL);
+  if (rc == 0) rc = vmm_standard_devices(vm, o->kernel != NULL, &uart);
   if (rc == 0) rc = vmm_vcpu_create(vm, 0, &vcpu);
+  ses.vcpu = vcpu;
+  if (rc == 0) rc = vmm_session_enable_snapshots(&ses);
   if (rc != 0) {
     fprintf(stderr, "vmm: cannot set up the VM: %s\n", vmm_strerror(rc));
     goto out;
@@ -375,7 +380,7 @@ static int vmm_cmd_run(const struct vmm_run_opts *o) {
     fprintf(stderr, "vmm: cannot start the host event loop\n");
     goto out;
   }
-  status = vmm_run_loop(vcpu, &runner, o->kernel != NULL, o->verbose);
+  status = vmm_run_loop(&ses, &runner);
   vmm_runner_stop(&runner, &tid);
   if (o->stats) vmm_print_stats(vcpu);
 out:
@@ -395,7 +400,7 @@ static int vmm_cmd_version(void) {
   return 0;
 }
 
-static int vmm_usage_error(const char *msg, const char *arg) {
+int vmm_usage_error(const char *msg, const char *arg) {
   fprintf(stderr, "vmm: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
   fprintf(stderr, "try 'vmm --help'\n");
   return VMM_TOOL_USAGE;
@@ -409,11 +414,12 @@ static int vmm_main_run(int argc, char **argv) {
       {"stats", no_argument, NULL, 's'},         {"verbose", no_argument, NULL, 'v'},
       {"kernel", required_argument, NULL, 'k'},  {"initrd", required_argument, NULL, 'i'},
       {"guest-decompress", no_argument, NULL, 'g'},
+      {"save", required_argument, NULL, 'S'},    {"stop-after-save", no_argument, NULL, 'X'},
       {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
   struct vmm_run_opts o = {.backend = VMM_BACKEND_AUTO, .mem = 64ull << 20};
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "b:m:c:t:f:a:k:i:gsvh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "b:m:c:t:f:a:k:i:gS:Xsvh", longopts, NULL)) != -1) {
     switch (c) {
       case 'b':
         if (vmm_backend_parse(optarg, &o.backend) != 0) return vmm_usage_error("unknown backend", optarg);
@@ -442,6 +448,8 @@ static int vmm_main_run(int argc, char **argv) {
       case 'k': o.kernel = optarg; break;
       case 'i': o.initrd = optarg; break;
       case 'g': o.guest_decompress = 1; break;
+      case 'S': o.save = optarg; break;
+      case 'X': o.stop_after_save = 1; break;
       case 's': o.stats = 1; break;
       case 'v': o.verbose++; break;
       case 'h': fputs(vmm_usage_text, stdout); return 0;
@@ -453,6 +461,7 @@ static int vmm_main_run(int argc, char **argv) {
     if (o.flat || o.cpl) return vmm_usage_error("--flat and --cpl do not apply to --kernel", NULL);
     return vmm_cmd_run(&o);
   }
+  if (o.stop_after_save && !o.save) return vmm_usage_error("--stop-after-save needs --save", NULL);
   if (o.initrd || o.guest_decompress)
     return vmm_usage_error("--initrd and --guest-decompress need --kernel", NULL);
   if (optind != argc - 1) return vmm_usage_error("run needs exactly one IMAGE", NULL);
@@ -469,5 +478,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) return vmm_cmd_version();
   if (strcmp(cmd, "run") == 0) return vmm_main_run(argc - 1, argv + 1);
+  if (strcmp(cmd, "restore") == 0) return vmm_cmd_restore(argc - 1, argv + 1);
+  if (strcmp(cmd, "snapshot") == 0) return vmm_cmd_snapshot(argc - 1, argv + 1);
   return vmm_usage_error("unknown command", cmd);
 }

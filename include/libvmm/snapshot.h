@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "cpu.h"
+#include "vm.h"
 
 VMM_EXTERN_C_BEGIN
 
@@ -128,6 +129,17 @@ VMM_API int vmm_snapshot_info(const vmm_snapshot_t *snap, vmm_snapshot_info_t *i
  */
 VMM_API int vmm_snapshot_cpu_state(const vmm_snapshot_t *snap, uint32_t index,
                                    vmm_cpu_state_t *state);
+
+/**
+ * @brief Lists the RAM regions of a snapshot (what a VM must have for vmm_vm_restore()).
+ * @param[in]  snap  The snapshot.
+ * @param[out] out   Array of @p cap entries; may be NULL when @p cap is 0.
+ * @param[in]  cap   Capacity of @p out.
+ * @param[out] count Number of regions (which may exceed @p cap).
+ * @return 0; VMM_EINVAL for NULL @p snap or @p count.
+ */
+VMM_API int vmm_snapshot_ram_regions(const vmm_snapshot_t *snap, vmm_ram_region_t *out,
+                                     size_t cap, size_t *count);
 
 /**
  * @brief Reads guest-physical memory as it was in a snapshot.

@@ -177,6 +177,15 @@ int vmm_snapshot_cpu_state(const vmm_snapshot_t *s, uint32_t index, vmm_cpu_stat
   return 0;
 }
 
+int vmm_snapshot_ram_regions(const vmm_snapshot_t *s, vmm_ram_region_t *out, size_t cap,
+                             size_t *count) {
+  if (s == NULL || count == NULL || (out == NULL && cap)) return VMM_EINVAL;
+  for (size_t i = 0; i < s->nregions && i < cap; i++)
+    out[i] = (vmm_ram_region_t){s->regions[i].gpa, s->regions[i].size, s->regions[i].flags, 0};
+  *count = s->nregions;
+  return 0;
+}
+
 /* ---- page lookup ---- */
 
 const uint8_t *vmm__snap_page(const struct vmm_snapshot *s, size_t ri, uint64_t page) {

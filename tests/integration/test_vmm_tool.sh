@@ -43,6 +43,7 @@ check_err "bad cpl" 125 "--cpl takes 0 or 3" "$VMM" run --cpl 2 "$G/hello.elf"
 check_err "no image" 125 "exactly one IMAGE" "$VMM" run
 
 ran=0
+avail=""
 for b in kvm bt pv; do
   if ! "$VMM" version | grep -q "backend $b  *available"; then
     why=$("$VMM" version | grep "backend $b" | sed 's/.*unavailable: //')
@@ -63,7 +64,20 @@ for b in kvm bt pv; do
   check_err "$b missing image" 125 "cannot load" "$VMM" run --backend "$b" "$tmp/nonexistent"
   check_err "$b image larger than RAM" 125 "cannot load" "$VMM" run --backend "$b" --mem 2M --flat 0x100000 "$tmp/big"
   check_err "$b image over the system area" 125 "cannot prepare" "$VMM" run --backend "$b" --flat 0x20000 "$tmp/big"
+  check "$b save on the snapshot hypercall" 0 "before snapshot" "$VMM" run --backend "$b" --save "$tmp/$b.snap" --stop-after-save "$G/snapme.elf"
+  check "$b snapshot info" 0 "taken on:    $b" "$VMM" snapshot info "$tmp/$b.snap"
+  check "$b restore continues" 5 "after snapshot:" "$VMM" restore --backend "$b" "$tmp/$b.snap"
+  grep "after snapshot" "$tmp/out" > "$tmp/$b.after"
+  "$VMM" run --backend "$b" "$G/snapme.elf" 2>/dev/null | grep "after snapshot" > "$tmp/$b.straight"
+  if cmp -s "$tmp/$b.after" "$tmp/$b.straight"; then echo "PASS $b restored run prints what an uninterrupted run prints"; else echo "FAIL $b restored run differs"; fails=$((fails+1)); fi
+  avail="$avail $b"
 done
+for a in $avail; do for b in $avail; do
+  [ "$a" = "$b" ] && continue
+  check "snapshot from $a restored on $b" 5 "$(cat "$tmp/$a.straight")" "$VMM" restore --backend "$b" "$tmp/$a.snap"
+done; done
+check_err "restore of a corrupt file" 125 "cannot load snapshot" "$VMM" restore "$tmp/big"
+check_err "info of a missing file" 125 "cannot load snapshot" "$VMM" snapshot info "$tmp/none"
 [ "$ran" = 1 ] || echo "SKIP guest runs: no backend can run on this host"
 [ "$fails" = 0 ] && echo "OK" || echo "FAILED: $fails"
 [ "$fails" = 0 ]

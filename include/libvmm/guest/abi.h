@@ -24,6 +24,9 @@
 #define VMM_HC_CONSOLE_WRITE 2
 /** Returns the backend id (`VMM_BACKEND_KVM`, `_BT`, `_PV`) the guest is running on. */
 #define VMM_HC_BACKEND 3
+/** Asks the host program for a snapshot of the VM here. Not handled by the library: the
+ *  `vmm` command saves one with --save; elsewhere it is an ordinary hypercall exit. */
+#define VMM_HC_SNAPSHOT 4
 /** First number free for handlers registered by the host program. */
 #define VMM_HC_USER_BASE 64
 /** Number of entries in the hypercall page. */
