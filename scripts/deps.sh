@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential cmake pkg-config libzydis-dev libuv1-dev libcjson-dev libcmocka-dev
 doxygen graphviz qemu-system-x86 busybox-static cpio xz-utils
-zlib1g-dev liblzma-dev libzstd-dev liblz4-dev clang"
+zlib1g-dev liblzma-dev libzstd-dev liblz4-dev clang libxxhash-dev qemu-user libunicorn-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

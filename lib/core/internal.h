@@ -103,6 +103,9 @@ struct vmm_backend_ops {
   /* Fills the 4 KiB hypercall page that will live at guest address gpa. */
   int (*fill_hypercall_page)(vmm_vm_t *vm, uint64_t gpa, uint8_t *page);
   int (*set_irq)(vmm_vm_t *vm, uint32_t irq, int level);
+  /* The VMM wrote [gpa, gpa+len) through vmm_vm_write(): translations of it are stale. May be
+   * NULL. Called on the writing thread, possibly while vCPUs run. */
+  void (*memory_written)(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
   /* Appends backend counters; returns how many it has (may exceed cap). */
   size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
 };

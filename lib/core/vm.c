@@ -281,6 +281,7 @@ static int vmm_vm_access(vmm_vm_t *vm, uint64_t gpa, void *buf, size_t len, bool
     size_t n = r->size - off < len ? (size_t)(r->size - off) : len;
     if (write) {
       memcpy(r->hva + off, p, n);
+      if (vm->ops->memory_written) vm->ops->memory_written(vm, gpa, n);
       if (r->dirty_log && r->host_dirty) {
         for (uint64_t pg = off / VMM_PAGE_SIZE; pg <= (off + n - 1) / VMM_PAGE_SIZE; pg++)
           __atomic_fetch_or(&r->host_dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);

@@ -23,6 +23,7 @@ struct vmm_kvm_vm {
   uint32_t nr_slots;
   uint64_t slots_used[VMM_KVM_MAX_SLOTS / 64];
   struct kvm_cpuid2 *cpuid;  /* What every vCPU is given. */
+  uint64_t xcr0_supported;   /* XSAVE components KVM offers (CPUID 0xD.0). */
   uint32_t msr_index[VMM_KVM_MAX_MSRS];
   size_t nmsrs;
 };

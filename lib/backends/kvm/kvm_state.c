@@ -185,13 +185,20 @@ int vmm__kvm_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
   kv->run->kvm_dirty_regs &= ~(uint64_t)KVM_SYNC_X86_REGS;
   kv->regs_valid = false;
 
+  /* A state from another backend may enable XSAVE components (AVX-512 on a pv host, say)
+   * that this VM's CPUID does not offer; those are dropped, as the guest could not have
+   * relied on them here anyway. */
+  uint64_t xcr0 = (st->xcr0 ? st->xcr0 : 1) & (k->xcr0_supported | 1);
+  if (xcr0 != (st->xcr0 ? st->xcr0 : 1))
+    VMM_LOG_I("kvm: XCR0 %#llx reduced to %#llx (components this VM does not offer)",
+              (unsigned long long)st->xcr0, (unsigned long long)xcr0);
   /* XCR0 first: the XSAVE image is checked against it. */
   if (k->has_xcrs) {
     struct kvm_xcrs x;
     memset(&x, 0, sizeof(x));
     x.nr_xcrs = 1;
     x.xcrs[0].xcr = 0;
-    x.xcrs[0].value = st->xcr0 ? st->xcr0 : 1;
+    x.xcrs[0].value = xcr0;
     if (ioctl(kv->fd, KVM_SET_XCRS, &x) != 0) {
       VMM_LOG_E("kvm: XCR0 %#llx refused: %s", (unsigned long long)st->xcr0, strerror(errno));
       return VMM_EINVAL;
@@ -250,6 +257,13 @@ int vmm__kvm_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
     struct kvm_xsave x;
     memset(&x, 0, sizeof(x));
     memcpy(x.region, st->xsave, sizeof(st->xsave));
+    /* XSTATE_BV (offset 512) may only name enabled components; the standard format has
+     * XCOMP_BV (offset 520) zero. */
+    uint64_t bv;
+    memcpy(&bv, (uint8_t *)x.region + 512, 8);
+    bv &= xcr0;
+    memcpy((uint8_t *)x.region + 512, &bv, 8);
+    memset((uint8_t *)x.region + 520, 0, 8);
     if (ioctl(kv->fd, KVM_SET_XSAVE, &x) != 0) {
       VMM_LOG_E("kvm: XSAVE image refused: %s", strerror(errno));
       return VMM_EINVAL;

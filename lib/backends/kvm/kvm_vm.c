@@ -201,6 +201,11 @@ static int vmm_kvm_vm_init(vmm_vm_t *vm) {
   }
   rc = vmm_kvm_load_cpuid(k);
   if (rc) goto err_caps;
+  k->xcr0_supported = 1;
+  for (uint32_t i = 0; i < k->cpuid->nent; i++) {
+    const struct kvm_cpuid_entry2 *e = &k->cpuid->entries[i];
+    if (e->function == 0xd && e->index == 0) k->xcr0_supported = e->eax | (uint64_t)e->edx << 32;
+  }
   rc = vmm_kvm_load_msr_list(k);
   if (rc) goto err_msrs;
   vm->backend_data = k;

@@ -1,0 +1,388 @@
+/* bt backend: the per-vCPU address-space reservation, the guest page walk, on-demand mapping
+ * of guest pages into the window, and guest memory access from C.
+ *
+ * The window is a cache of the guest's translations, like a TLB: a page is mapped when
+ * translated code first touches it (the SIGSEGV comes back here through the dispatcher), with
+ * the rights the guest page tables give at the current privilege level, minus write access
+ * for pages that hold translated code, pages whose dirty bit is still clear and pages not yet
+ * logged dirty. CR3 writes, INVLPG and memory-map changes drop mappings. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "bt.h"
+
+#define PTE_P 0x1ull
+#define PTE_W 0x2ull
+#define PTE_U 0x4ull
+#define PTE_A 0x20ull
+#define PTE_D 0x40ull
+#define PTE_PS 0x80ull
+#define PTE_XD (1ull << 63)
+#define PTE_ADDR 0x000ffffffffff000ull
+
+#define PF_P 0x1u
+#define PF_W 0x2u
+#define PF_U 0x4u
+#define PF_RSVD 0x8u
+#define PF_I 0x10u
+
+#define WINDOW_PAGES (BT_WINDOW_SIZE / VMM_PAGE_SIZE)
+
+int vmm__bt_mem_init(struct bt_vcpu *v) {
+  size_t span = BT_CTRL_SIZE + BT_GUARD_SIZE + BT_WINDOW_SIZE + BT_GUARD_SIZE;
+  size_t reserve = span + BT_WINDOW_SIZE;
+  uint8_t *p = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    VMM_LOG_E("bt: cannot reserve %zu bytes of address space: %s", reserve, strerror(errno));
+    return VMM_ENOMEM;
+  }
+  uintptr_t w = ((uintptr_t)p + BT_CTRL_SIZE + BT_GUARD_SIZE + BT_WINDOW_SIZE - 1) &
+                ~(uintptr_t)(BT_WINDOW_SIZE - 1);
+  uint8_t *start = (uint8_t *)(w - BT_CTRL_SIZE - BT_GUARD_SIZE);
+  if (start > p) munmap(p, (size_t)(start - p));
+  uint8_t *end = start + span;
+  if (end < p + reserve) munmap(end, (size_t)(p + reserve - end));
+  v->res = start;
+  v->res_size = span;
+  v->window = (uint8_t *)w;
+  void *c = mmap(start, BT_CTRL_SIZE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  if (c == MAP_FAILED) goto err;
+  v->ctrl = (struct bt_ctrl *)c;
+  mprotect((uint8_t *)c + BT_C_SHADOW_GUARD, BT_C_SHADOW_LO - BT_C_SHADOW_GUARD, PROT_NONE);
+  v->pstate = mmap(NULL, WINDOW_PAGES, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (v->pstate == MAP_FAILED) {
+    v->pstate = NULL;
+    goto err;
+  }
+  struct bt_table_entry *t0 = (void *)((uint8_t *)c + BT_C_TABLE0);
+  struct bt_table_entry *t3 = (void *)((uint8_t *)c + BT_C_TABLE3);
+  for (size_t i = 0; i < (1u << BT_TABLE_BITS); i++) {
+    t0[i].tag = t3[i].tag = BT_TAG_EMPTY;
+    t0[i].host = t3[i].host = 0;
+  }
+  return 0;
+err:
+  munmap(v->res, v->res_size);
+  v->res = NULL;
+  return VMM_ENOMEM;
+}
+
+void vmm__bt_mem_fini(struct bt_vcpu *v) {
+  if (v->pstate) munmap(v->pstate, WINDOW_PAGES);
+  if (v->res) munmap(v->res, v->res_size);
+  free(v->mapped_list);
+  v->pstate = NULL;
+  v->res = NULL;
+  v->mapped_list = NULL;
+}
+
+/* mapped_list holds (first page, count) pairs of what was mapped since the last flush. */
+static void bt_note_mapped(struct bt_vcpu *v, uint32_t first, uint32_t count) {
+  if (v->nmapped + 2 > v->mapped_cap) {
+    size_t cap = v->mapped_cap ? v->mapped_cap * 2 : 256;
+    uint32_t *n = realloc(v->mapped_list, cap * sizeof(*n));
+    if (n == NULL) {
+      /* Without room to remember, forget everything instead: flush now. */
+      vmm__bt_window_flush(v);
+      return;
+    }
+    v->mapped_list = n;
+    v->mapped_cap = cap;
+  }
+  v->mapped_list[v->nmapped++] = first;
+  v->mapped_list[v->nmapped++] = count;
+}
+
+static void bt_window_none(struct bt_vcpu *v, uint64_t la, uint64_t len) {
+  mmap(v->window + la, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+       -1, 0);
+}
+
+void vmm__bt_window_flush(struct bt_vcpu *v) {
+  if (v->nmapped > 512) {
+    bt_window_none(v, 0, BT_WINDOW_SIZE);
+    madvise(v->pstate, WINDOW_PAGES, MADV_DONTNEED);
+  } else {
+    for (size_t i = 0; i + 1 < v->nmapped; i += 2) {
+      uint64_t first = v->mapped_list[i], count = v->mapped_list[i + 1];
+      bt_window_none(v, first * VMM_PAGE_SIZE, count * VMM_PAGE_SIZE);
+      memset(v->pstate + first, 0, count);
+    }
+  }
+  v->nmapped = 0;
+  v->has_super_pages = false;
+  v->stats.window_flushes++;
+}
+
+void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la) {
+  if (la >= BT_WINDOW_SIZE) return;
+  uint64_t pg = la / VMM_PAGE_SIZE;
+  if (!v->pstate[pg]) return;
+  bt_window_none(v, pg * VMM_PAGE_SIZE, VMM_PAGE_SIZE);
+  v->pstate[pg] = 0;
+}
+
+struct vmm_region *vmm__bt_region_of(struct bt_vcpu *v, uint64_t pa) {
+  return vmm__region_find(v->vcpu->vm, pa, 1);
+}
+
+void *vmm__bt_phys_ptr(struct bt_vcpu *v, uint64_t pa, size_t len) {
+  return vmm__gpa_ptr(v->vcpu->vm, pa, len);
+}
+
+static uint64_t *bt_pte_ptr(struct bt_vcpu *v, uint64_t pa) {
+  return (uint64_t *)vmm__bt_phys_ptr(v, pa, 8);
+}
+
+int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, struct vmm__bt_walk *w) {
+  const vmm_cpu_state_t *s = &v->sys;
+  bool write = acc & 1, user = acc & 2, fetch = acc & 4;
+  bool nxe = (s->efer & VMM_EFER_NXE) != 0, wp = (s->cr0 & VMM_CR0_WP) != 0;
+  uint32_t err_base = (write ? PF_W : 0) | (user ? PF_U : 0) | (fetch && nxe ? PF_I : 0);
+  /* Non-canonical addresses are #GP, reported as a negative error code of their own. */
+  if ((uint64_t)(((int64_t)la << 16) >> 16) != la) return BT_WALK_NONCANON;
+  uint64_t table = s->cr3 & PTE_ADDR;
+  unsigned rw = 1, us = 1, nx = 0;
+  uint64_t *ents[4];
+  int nents = 0;
+  uint64_t e = 0, size = 0, base = 0;
+  for (int level = 3; level >= 0; level--) {
+    unsigned idx = (unsigned)((la >> (12 + 9 * level)) & 511);
+    uint64_t *pe = bt_pte_ptr(v, table + idx * 8);
+    if (pe == NULL) return BT_PF(err_base | PF_RSVD | PF_P);
+    e = __atomic_load_n(pe, __ATOMIC_RELAXED);
+    if (!(e & PTE_P)) return BT_PF(err_base);
+    if ((e & PTE_XD) && !nxe) return BT_PF(err_base | PF_RSVD | PF_P);
+    if (level == 3 && (e & PTE_PS)) return BT_PF(err_base | PF_RSVD | PF_P);
+    ents[nents++] = pe;
+    rw &= (e & PTE_W) != 0;
+    us &= (e & PTE_U) != 0;
+    nx |= nxe && (e & PTE_XD);
+    if (level == 0 || (e & PTE_PS)) {
+      size = 1ull << (12 + 9 * level);
+      base = e & PTE_ADDR & ~(size - 1);
+      if (level > 0 && ((e & PTE_ADDR) & (size - 1) & ~0x1000ull)) /* reserved low bits */
+        return BT_PF(err_base | PF_RSVD | PF_P);
+      break;
+    }
+    table = e & PTE_ADDR;
+  }
+  if (user && !us) return BT_PF(err_base | PF_P);
+  if (write && !rw && (user || wp)) return BT_PF(err_base | PF_P);
+  if (fetch && nx) return BT_PF(err_base | PF_P);
+  if (set_ad) {
+    for (int i = 0; i < nents; i++) {
+      uint64_t add = PTE_A | ((i == nents - 1 && write) ? PTE_D : 0);
+      if ((*ents[i] & add) != add) __atomic_fetch_or(ents[i], add, __ATOMIC_RELAXED);
+    }
+  }
+  w->page_size = size;
+  w->pa = base | (la & (size - 1));
+  w->pte_addr = 0;
+  w->rights = (rw ? 1u : 0) | (us ? 2u : 0) | (nx ? 0 : 4u);
+  w->dirty = (__atomic_load_n(ents[nents - 1], __ATOMIC_RELAXED) & PTE_D) != 0;
+  return 0;
+}
+
+static struct bt_region *bt_rdata(struct vmm_region *r) { return r->backend_data; }
+
+bool vmm__bt_page_is_code(struct bt_vcpu *v, uint64_t pa) {
+  struct vmm_region *r = vmm__bt_region_of(v, pa);
+  if (r == NULL) return false;
+  uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
+  return (__atomic_load_n(&bt_rdata(r)->code[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
+}
+
+void vmm__bt_mark_code_page(struct bt_vcpu *v, uint64_t la, uint64_t pa) {
+  struct vmm_region *r = vmm__bt_region_of(v, pa);
+  if (r == NULL) return;
+  uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
+  __atomic_fetch_or(&bt_rdata(r)->code[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);
+  if (la < BT_WINDOW_SIZE) {
+    uint64_t lp = la / VMM_PAGE_SIZE;
+    if (v->pstate[lp] & BT_PG_WRITE) {
+      mprotect(v->window + lp * VMM_PAGE_SIZE, VMM_PAGE_SIZE, PROT_READ);
+      v->pstate[lp] &= (uint8_t)~BT_PG_WRITE;
+    }
+    if (v->pstate[lp]) v->pstate[lp] |= BT_PG_CODE;
+  }
+}
+
+void vmm__bt_clear_code_page(struct bt_vcpu *v, uint64_t pa) {
+  struct vmm_region *r = vmm__bt_region_of(v, pa);
+  if (r == NULL) return;
+  uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
+  __atomic_fetch_and(&bt_rdata(r)->code[pg / 64], ~(1ull << (pg % 64)), __ATOMIC_RELAXED);
+}
+
+static bool bt_page_dirty_logged(struct vmm_region *r, uint64_t pa) {
+  struct bt_region *d = bt_rdata(r);
+  if (!d->logging || d->dirty == NULL) return true;
+  uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
+  return (__atomic_load_n(&d->dirty[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
+}
+
+static void bt_page_set_dirty(struct vmm_region *r, uint64_t pa) {
+  struct bt_region *d = bt_rdata(r);
+  if (!d->logging || d->dirty == NULL) return;
+  uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
+  __atomic_fetch_or(&d->dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);
+}
+
+/* Whether a 4 KiB page may be mapped writable now. */
+static bool bt_page_writable(struct bt_vcpu *v, struct vmm_region *r, uint64_t pa) {
+  if (r->flags & VMM_MEM_READONLY) return false;
+  if (vmm__bt_page_is_code(v, pa)) return false;
+  return bt_page_dirty_logged(r, pa);
+}
+
+static int bt_mmap_guest(struct bt_vcpu *v, uint64_t la, uint64_t len, struct vmm_region *r,
+                         uint64_t pa, int prot) {
+  void *p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, r->memfd,
+                 (off_t)(pa - r->gpa));
+  if (p == MAP_FAILED) {
+    if (errno == ENOMEM) {
+      /* Too many mappings: start over with an empty window and try once more. */
+      vmm__bt_window_flush(v);
+      p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, r->memfd,
+               (off_t)(pa - r->gpa));
+    }
+    if (p == MAP_FAILED) {
+      VMM_LOG_E("bt: cannot map guest page %#llx: %s", (unsigned long long)la, strerror(errno));
+      return VMM_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc, uint32_t *pf_err,
+                               uint64_t *pa_out) {
+  struct vmm__bt_walk w;
+  bool write = acc & 1;
+  int rc = vmm__bt_walk(v, la, acc, true, &w);
+  if (rc == BT_WALK_NONCANON) {
+    *pf_err = 0;
+    return BT_MAP_PF;
+  }
+  if (rc != 0) {
+    *pf_err = (uint32_t)rc & 0xffff;
+    return BT_MAP_PF;
+  }
+  *pa_out = w.pa;
+  struct vmm_region *r = vmm__bt_region_of(v, w.pa);
+  if (r == NULL) return BT_MAP_MMIO;
+  if (write && (r->flags & VMM_MEM_READONLY)) return BT_MAP_RO_WRITE;
+  if (la >= BT_WINDOW_SIZE) return BT_MAP_ERR;
+  if (write && vmm__bt_page_is_code(v, w.pa)) return BT_MAP_SMC;
+  if (write) bt_page_set_dirty(r, w.pa);
+
+  bool guest_w = (w.rights & 1) && (w.dirty || write);
+  bool super = !(w.rights & 2);
+  if (!(w.rights & 1) && !(v->sys.cr0 & VMM_CR0_WP) && bt_cpl(v) != 3) {
+    /* CR0.WP clear: the kernel may write read-only pages; user mode may not. */
+    guest_w = w.dirty || write;
+    super = true;
+  }
+  struct bt_region *rd = bt_rdata(r);
+
+  /* Map the whole guest page when it is large and lies in one region; page by page while
+   * dirty logging needs 4 KiB write faults. */
+  uint64_t size = VMM_PAGE_SIZE;
+  uint64_t pbase = w.pa & ~(VMM_PAGE_SIZE - 1), lbase = la & ~(VMM_PAGE_SIZE - 1);
+  if (w.page_size > VMM_PAGE_SIZE && !rd->logging) {
+    uint64_t gb = w.pa & ~(w.page_size - 1), lb = la & ~(w.page_size - 1);
+    if (gb >= r->gpa && gb + w.page_size <= r->gpa + r->size &&
+        lb + w.page_size <= BT_WINDOW_SIZE) {
+      size = w.page_size;
+      pbase = gb;
+      lbase = lb;
+    }
+  }
+  bool all_w = guest_w && !(r->flags & VMM_MEM_READONLY) && !rd->logging;
+  int prot = PROT_READ | (all_w ? PROT_WRITE : 0);
+  if (size == VMM_PAGE_SIZE) {
+    all_w = guest_w && bt_page_writable(v, r, pbase);
+    prot = PROT_READ | (all_w ? PROT_WRITE : 0);
+  }
+  if (bt_mmap_guest(v, lbase, size, r, pbase, prot) != 0) return BT_MAP_ERR;
+  uint64_t first = lbase / VMM_PAGE_SIZE, n = size / VMM_PAGE_SIZE;
+  uint8_t st = BT_PG_MAPPED | (all_w ? BT_PG_WRITE : 0) | (super ? BT_PG_SUPER : 0);
+  memset(v->pstate + first, st, n);
+  if (super) v->has_super_pages = true;
+  if (all_w && size > VMM_PAGE_SIZE) {
+    /* Pages with translations inside a large mapping stay read-only. */
+    uint64_t pg0 = (pbase - r->gpa) / VMM_PAGE_SIZE;
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t word = __atomic_load_n(&rd->code[(pg0 + i) / 64], __ATOMIC_RELAXED);
+      if (word == 0 && (pg0 + i) % 64 == 0 && i + 64 <= n) {
+        i += 63;
+        continue;
+      }
+      if ((word >> ((pg0 + i) % 64)) & 1) {
+        mprotect(v->window + (first + i) * VMM_PAGE_SIZE, VMM_PAGE_SIZE, PROT_READ);
+        v->pstate[first + i] = (uint8_t)((st & ~BT_PG_WRITE) | BT_PG_CODE);
+      }
+    }
+  }
+  bt_note_mapped(v, (uint32_t)first, (uint32_t)n);
+  v->stats.demand_maps++;
+  return BT_MAP_OK;
+}
+
+void vmm__bt_note_guest_write(struct bt_vcpu *v, uint64_t pa) {
+  struct vmm_region *r = vmm__bt_region_of(v, pa);
+  if (r == NULL) return;
+  if (vmm__bt_page_is_code(v, pa)) {
+    vmm__bt_invalidate_page(v, pa & ~(VMM_PAGE_SIZE - 1));
+    v->state_changed = true;
+  }
+  bt_page_set_dirty(r, pa);
+}
+
+/* Copies between a guest linear range and buf, page by page, with full permission checks. */
+static int bt_lin_access(struct bt_vcpu *v, uint64_t la, void *buf, size_t len, unsigned acc,
+                         uint64_t *fault_la, bool is_write) {
+  uint8_t *p = buf;
+  while (len) {
+    size_t chunk = VMM_PAGE_SIZE - (la & (VMM_PAGE_SIZE - 1));
+    if (chunk > len) chunk = len;
+    struct vmm__bt_walk w;
+    int rc = vmm__bt_walk(v, la, acc | (is_write ? 1u : 0), true, &w);
+    if (rc != 0) {
+      if (fault_la) *fault_la = la;
+      return rc;
+    }
+    struct vmm_region *r = vmm__bt_region_of(v, w.pa);
+    if (r == NULL || w.pa + chunk > r->gpa + r->size) return VMM_EFAULT;
+    uint8_t *h = r->hva + (w.pa - r->gpa);
+    if (is_write) {
+      if (r->flags & VMM_MEM_READONLY) return VMM_EFAULT;
+      if (vmm__bt_page_is_code(v, w.pa)) {
+        vmm__bt_invalidate_page(v, w.pa & ~(VMM_PAGE_SIZE - 1));
+        v->state_changed = true;
+      }
+      bt_page_set_dirty(r, w.pa);
+      memcpy(h, p, chunk);
+    } else {
+      memcpy(p, h, chunk);
+    }
+    p += chunk;
+    la += chunk;
+    len -= chunk;
+  }
+  return 0;
+}
+
+int vmm__bt_lin_read(struct bt_vcpu *v, uint64_t la, void *buf, size_t len, unsigned acc,
+                uint64_t *fault_la) {
+  return bt_lin_access(v, la, buf, len, acc, fault_la, false);
+}
+
+int vmm__bt_lin_write(struct bt_vcpu *v, uint64_t la, const void *buf, size_t len, unsigned acc,
+                 uint64_t *fault_la) {
+  return bt_lin_access(v, la, (void *)buf, len, acc, fault_la, true);
+}

@@ -1,0 +1,129 @@
+/* Small position-independent guest programs for test_bt_backend, loaded flat at 1 MiB and run
+ * at CPL0 after vmm_vcpu_setup_long_mode(). Each ends with `out %al, $0x80` (an I/O exit no
+ * handler takes) unless it is meant to fault or spin. */
+	.section .rodata
+#define PROG(name) .globl prog_##name##_start, prog_##name##_end; .p2align 4; prog_##name##_start:
+#define END(name) prog_##name##_end:
+#define DONE out %al, $0x80; hlt
+
+/* Spins until kicked. */
+PROG(spin)
+1:	jmp	1b
+END(spin)
+
+/* Spins with memory traffic until kicked. */
+PROG(spin_mem)
+	lea	0x800(%rip), %rbx
+1:	incq	(%rbx)
+	add	$1, %rcx
+	jmp	1b
+END(spin_mem)
+
+/* Patches the immediate of an instruction ahead of it in the same block, then a loop body it
+ * already ran: the new code must run both times. */
+PROG(smc)
+	lea	2f(%rip), %rbx
+	movb	$5, 1(%rbx)
+2:	mov	$1, %eax
+	mov	%rax, %r12
+	lea	3f(%rip), %rbx
+	xor	%ecx, %ecx
+3:	add	$1, %rcx
+	cmp	$1, %rcx
+	jne	4f
+	movb	$7, 3b+3(%rip)		/* add $1 -> add $7 */
+	jmp	3b
+4:	DONE
+END(smc)
+
+/* Calls hypercall VMM_HC_NOP with every register set; the caller compares all but rax. */
+PROG(hcregs)
+	mov	$0x11000, %rax
+	lea	-128(%rsp), %rsp
+	call	*%rax
+	lea	128(%rsp), %rsp
+	DONE
+END(hcregs)
+
+/* A straight line for single-stepping: five instructions, then the exit. */
+PROG(steps)
+	mov	$1, %eax
+	add	$2, %eax
+	imul	$3, %eax, %eax
+	push	%rax
+	pop	%rbx
+	DONE
+END(steps)
+
+/* Sandbox attempts: rdi holds a host address (a canary buffer), rsi a large value. Each
+ * attempt is entered separately by the test (its offset from the start is in the table at
+ * the end); it either completes with the exit or faults. */
+PROG(sandbox)
+a0:	mov	%rax, (%rdi)
+	DONE
+a1:	movabs	%rax, 0x7fffdeadbeef0000
+	DONE
+a2:	mov	%rax, 0x7ffffff8(%rdi,%rsi,8)
+	DONE
+a3:	mov	%rax, -8(%rdi)
+	mov	-0x80000000(%rdi), %rbx
+	DONE
+a4:	mov	%rdi, %rsp
+	push	%rax
+	push	%rax
+	pop	%rbx
+	call	1f
+1:	DONE
+a5:	mov	$0xc0000100, %ecx		/* FS base = the host address */
+	mov	%rdi, %rax
+	mov	%rdi, %rdx
+	shr	$32, %rdx
+	wrmsr
+	movq	$0x1234, %fs:0
+	mov	%fs:8, %rbx
+	DONE
+a6:	mov	$256, %ecx
+	mov	$0x5a5a5a5a, %eax
+	rep stosb
+	DONE
+a7:	mov	$0xfffff000, %edi		/* runs into the guard above the window */
+	mov	$0x100000000, %rcx
+	rep stosb
+	DONE
+a8:	std					/* and below it */
+	mov	$16, %edi
+	mov	$100000, %ecx
+	rep stosb
+	cld
+	DONE
+a9:	mov	%rdi, %rbx
+	xlat
+	DONE
+a10:	mov	%rsi, %rax
+	bts	%rax, (%rdi)
+	DONE
+a11:	jmp	*%rdi
+a12:	mov	%rdi, %rsi
+	lea	0x2000(%rip), %rdi
+	mov	$64, %ecx
+	rep movsb
+	DONE
+a13:	lock cmpxchg16b (%rdi)
+	DONE
+a14:	mov	(%rdi), %rax			/* a read: must not see the canary */
+	DONE
+a15:	mov	%rdi, %rsp
+	ret
+	.p2align 3
+	.globl	prog_sandbox_table
+prog_sandbox_table:
+	.quad	a0 - prog_sandbox_start, a1 - prog_sandbox_start, a2 - prog_sandbox_start
+	.quad	a3 - prog_sandbox_start, a4 - prog_sandbox_start, a5 - prog_sandbox_start
+	.quad	a6 - prog_sandbox_start, a7 - prog_sandbox_start, a8 - prog_sandbox_start
+	.quad	a9 - prog_sandbox_start, a10 - prog_sandbox_start, a11 - prog_sandbox_start
+	.quad	a12 - prog_sandbox_start, a13 - prog_sandbox_start, a14 - prog_sandbox_start
+	.quad	a15 - prog_sandbox_start
+	.quad	-1
+END(sandbox)
+
+	.section .note.GNU-stack, "", @progbits
