@@ -134,7 +134,7 @@ int vmm__bt_deliver(struct bt_vcpu *v, unsigned vec, bool has_err, uint32_t err,
   } else if (new_cpl < cpl) {
     if (!vmm__bt_read_mem(v, tss + 4 + 8 * new_cpl, &rsp, 8, false, e)) return 1;
   }
-  if (!bt_canonical(rsp)) {
+  if (!vmm__canonical(rsp)) {
     *e = (struct bt_exc){.vec = 12, .has_err = true, .err = ext};
     return 1;
   }
@@ -190,7 +190,7 @@ enum bt_emu_result vmm__bt_emu_iret(struct bt_vcpu *v, const ZydisDecodedInstruc
   } else if (!vmm__bt_load_seg(v, ssel, &ss, e)) {
     return BT_EMU_EXC;
   }
-  if (!bt_canonical(f[0])) return BT_GP0(e);
+  if (!vmm__canonical(f[0])) return BT_GP0(e);
   uint64_t old = bt_get_rflags(v), nf = f[2];
   uint64_t keep = 0;
   unsigned iopl = (unsigned)((old >> 12) & 3);
@@ -251,7 +251,7 @@ enum bt_emu_result vmm__bt_emu_sysret(struct bt_vcpu *v, const ZydisDecodedInstr
   if (!(v->sys.efer & VMM_EFER_SCE)) return BT_UD(e);
   if (bt_cpl(v) != 0) return BT_GP0(e);
   if (z->operand_width != 64) return BT_EMU_ERROR; /* to compatibility mode */
-  if (!bt_canonical(c->gpr[1])) return BT_GP0(e);
+  if (!vmm__canonical(c->gpr[1])) return BT_GP0(e);
   uint16_t base = (uint16_t)(v->sys.star >> 48);
   vmm_segment_t cs = bt_flat_code((uint16_t)((base + 16) | 3), 3);
   vmm_segment_t ss = bt_flat_data((uint16_t)((base + 8) | 3), 3);

@@ -180,20 +180,20 @@ static bool bt_wrmsr(struct bt_vcpu *v, uint32_t msr, uint64_t val) {
       return true;
     }
     case 0xc0000081: s->star = val; return true;
-    case 0xc0000082: if (!bt_canonical(val)) return false; s->lstar = val; return true;
-    case 0xc0000083: if (!bt_canonical(val)) return false; s->cstar = val; return true;
+    case 0xc0000082: if (!vmm__canonical(val)) return false; s->lstar = val; return true;
+    case 0xc0000083: if (!vmm__canonical(val)) return false; s->cstar = val; return true;
     case 0xc0000084: s->sfmask = val & 0xffffffffull; return true;
     case 0xc0000100:
-      if (!bt_canonical(val)) return false;
+      if (!vmm__canonical(val)) return false;
       if (val != s->fs.base) vmm__bt_invalidate_flags(v, BT_BLK_USES_FS);
       s->fs.base = val;
       return true;
     case 0xc0000101:
-      if (!bt_canonical(val)) return false;
+      if (!vmm__canonical(val)) return false;
       if (val != s->gs.base) vmm__bt_invalidate_flags(v, BT_BLK_USES_GS);
       s->gs.base = val;
       return true;
-    case 0xc0000102: if (!bt_canonical(val)) return false; s->kernel_gs_base = val; return true;
+    case 0xc0000102: if (!vmm__canonical(val)) return false; s->kernel_gs_base = val; return true;
     case 0xc0000103: s->tsc_aux = (uint32_t)val; return true;
     case 0xfe: case 0x8b: return true;
     default: return msr >= 0x200 && msr < 0x280;
@@ -306,7 +306,7 @@ static enum bt_emu_result bt_emu_desc(struct bt_vcpu *v, const struct bt_desc *d
       vmm_dtable_t t = {0};
       memcpy(&t.limit, buf, 2);
       memcpy(&t.base, buf + 2, 8);
-      if (!bt_canonical(t.base)) return BT_GP0(e);
+      if (!vmm__canonical(t.base)) return BT_GP0(e);
       if (z->mnemonic == ZYDIS_MNEMONIC_LGDT) s->gdt = t;
       else s->idt = t;
       return BT_EMU_NEXT;
@@ -689,7 +689,7 @@ static enum bt_emu_result bt_emulate(struct bt_vcpu *v, const struct bt_desc *d,
         case ZYDIS_MNEMONIC_RDGSBASE: c->gpr[g] = is64 ? v->sys.gs.base : (uint32_t)v->sys.gs.base; break;
         default: {
           uint64_t val = is64 ? c->gpr[g] : (uint32_t)c->gpr[g];
-          if (!bt_canonical(val)) return BT_GP0(e);
+          if (!vmm__canonical(val)) return BT_GP0(e);
           bool fs = z.mnemonic == ZYDIS_MNEMONIC_WRFSBASE;
           if (!bt_wrmsr(v, fs ? 0xc0000100 : 0xc0000101, val)) return BT_GP0(e);
         }

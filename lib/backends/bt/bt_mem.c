@@ -144,7 +144,7 @@ int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, stru
   bool nxe = (s->efer & VMM_EFER_NXE) != 0, wp = (s->cr0 & VMM_CR0_WP) != 0;
   uint32_t err_base = (write ? PF_W : 0) | (user ? PF_U : 0) | (fetch && nxe ? PF_I : 0);
   /* Non-canonical addresses are #GP, reported as a negative error code of their own. */
-  if ((uint64_t)(((int64_t)la << 16) >> 16) != la) return BT_WALK_NONCANON;
+  if (!vmm__canonical(la)) return BT_WALK_NONCANON;
   uint64_t table = s->cr3 & PTE_ADDR;
   unsigned rw = 1, us = 1, nx = 0;
   uint64_t *ents[4];

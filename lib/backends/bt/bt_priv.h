@@ -24,7 +24,6 @@ enum bt_emu_result {
 #define BT_GP0(e) (*(e) = (struct bt_exc){.vec = 13, .has_err = true, .err = 0}, BT_EMU_EXC)
 #define BT_UD(e) (*(e) = (struct bt_exc){.vec = 6}, BT_EMU_EXC)
 
-static inline bool bt_canonical(uint64_t a) { return (uint64_t)(((int64_t)a << 16) >> 16) == a; }
 
 /* Guest memory for emulation: ok, or an exception in *e (#PF with cr2, or #GP). Returns
  * false on failure; *e is then set (vector 255 for a host-side fault: not RAM). */

@@ -99,6 +99,9 @@ int vmm__emu_finish(struct vmm_emu_cpu *cpu, const struct vmm_emu_mem *mem,
                     const struct vmm_emu_insn *insn, const struct vmm_emu_access *acc,
                     uint64_t read_value);
 
+/* A 64-bit address with bits 63..47 all equal (shifted as unsigned: no signed overflow). */
+static inline bool vmm__canonical(uint64_t a) { return (uint64_t)((int64_t)(a << 16) >> 16) == a; }
+
 /* Shared decoder instance (initialized once, thread-safe to use). */
 const ZydisDecoder *vmm__emu_decoder(void);
 

@@ -197,7 +197,6 @@ static uint64_t *vmm_pv_msr(vmm_cpu_state_t *st, uint32_t index) {
   }
 }
 
-static bool vmm_pv_canonical(uint64_t a) { return (uint64_t)(((int64_t)a << 16) >> 16) == a; }
 
 /* RDMSR/WRMSR at virtual CPL0 against the shadow MSRs. Returns false for #GP(0). */
 static bool vmm_pv_msr_access(struct vmm_pv_vcpu *pv, vmm_regs_t *r, bool write) {
@@ -208,7 +207,7 @@ static bool vmm_pv_msr_access(struct vmm_pv_vcpu *pv, vmm_regs_t *r, bool write)
     switch (index) {
       case 0xc0000100:
       case 0xc0000101:
-        if (!vmm_pv_canonical(v)) return false;
+        if (!vmm__canonical(v)) return false;
         if (index == 0xc0000100) pv->ur.fs_base = v;
         else pv->ur.gs_base = v;
         return true;
@@ -222,7 +221,7 @@ static bool vmm_pv_msr_access(struct vmm_pv_vcpu *pv, vmm_regs_t *r, bool write)
       case 0xc0000102:
       case 0x00000175:
       case 0x00000176:
-        if (!vmm_pv_canonical(v)) return false;
+        if (!vmm__canonical(v)) return false;
         break;
       default: break;
     }

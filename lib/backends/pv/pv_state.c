@@ -107,7 +107,6 @@ int vmm__pv_getregs(struct vmm_pv_vcpu *pv) {
   return 0;
 }
 
-static bool vmm_pv_canonical(uint64_t a) { return (uint64_t)(((int64_t)a << 16) >> 16) == a; }
 
 /* Whether an XSAVE image is the x87/SSE/AVX initial state, which a new process already has
  * (loading it costs tens of microseconds on some hosts). */
@@ -129,8 +128,8 @@ int vmm__pv_push(struct vmm_pv_vcpu *pv) {
       if (rc) return rc;
     }
     vmm__pv_regs_to_ur(&pv->st.regs, &pv->ur);
-    pv->ur.fs_base = vmm_pv_canonical(pv->st.fs.base) ? pv->st.fs.base : 0;
-    pv->ur.gs_base = vmm_pv_canonical(pv->st.gs.base) ? pv->st.gs.base : 0;
+    pv->ur.fs_base = vmm__canonical(pv->st.fs.base) ? pv->st.fs.base : 0;
+    pv->ur.gs_base = vmm__canonical(pv->st.gs.base) ? pv->st.gs.base : 0;
     if (ptrace(PTRACE_SETREGS, pv->pid, 0, &pv->ur) != 0)
       return vmm__pv_ptrace_failed(pv, "PTRACE_SETREGS");
     pv->regs_dirty = false;
@@ -229,8 +228,8 @@ int vmm__pv_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *in) {
               in->cs.l, (unsigned long long)in->efer, (unsigned long long)in->cr0);
     return VMM_ENOSYS;
   }
-  if (!vmm_pv_canonical(in->regs.rip) || !vmm_pv_canonical(in->fs.base) ||
-      !vmm_pv_canonical(in->gs.base)) {
+  if (!vmm__canonical(in->regs.rip) || !vmm__canonical(in->fs.base) ||
+      !vmm__canonical(in->gs.base)) {
     VMM_LOG_E("pv: refusing a CPU state with a non-canonical RIP or segment base");
     return VMM_EINVAL;
   }
