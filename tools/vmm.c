@@ -1,5 +1,7 @@
 /* The `vmm` command: runs a guest image in a VM on any backend. */
 #include <errno.h>
+#include <math.h>
+#include <signal.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -437,7 +439,8 @@ static int vmm_main_run(int argc, char **argv) {
       case 't': {
         char *end;
         o.timeout = strtod(optarg, &end);
-        if (*end || !(o.timeout > 0)) return vmm_usage_error("bad timeout", optarg);
+        if (*end || !(o.timeout > 0) || !isfinite(o.timeout) || o.timeout > 1e9)
+          return vmm_usage_error("bad timeout", optarg);
         break;
       }
       case 'f':
@@ -470,6 +473,8 @@ static int vmm_main_run(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  /* A closed stdout loses guest output; it must not end the run. */
+  signal(SIGPIPE, SIG_IGN);
   if (argc < 2) return vmm_usage_error("missing command", NULL);
   const char *cmd = argv[1];
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

@@ -57,7 +57,7 @@ int vmm_cmd_restore(int argc, char **argv) {
       case 't': {
         char *end;
         timeout = strtod(optarg, &end);
-        if (*end || !(timeout > 0)) return vmm_usage_error("bad timeout", optarg);
+        if (*end || !(timeout > 0) || timeout > 1e9) return vmm_usage_error("bad timeout", optarg);
         break;
       }
       case 'S': save = optarg; break;

@@ -46,7 +46,10 @@ typedef struct vmm_uart_config {
  * @brief Creates a 16550A UART (THR/RBR, IER, IIR/FCR, LCR with DLAB, MCR with loopback, LSR,
  *        MSR, scratch) on eight ports.
  * @return 0; VMM_EINVAL for a bad config; VMM_EEXIST when the ports are taken; VMM_ENOMEM.
- * @note Output that the sink cannot take is dropped, never buffered without bound.
+ * @note Output that the sink cannot take is dropped, never buffered without bound. A write to
+ *       out_fd blocks the vCPU while the fd blocks (make it non-blocking to drop instead);
+ *       a reader that went away (EPIPE) does not raise SIGPIPE in the host process. out_fn
+ *       runs with the device locked: it must not call vmm_uart_input() on the same UART.
  */
 VMM_API int vmm_uart_create(vmm_vm_t *vm, const vmm_uart_config_t *config, vmm_device_t **out);
 

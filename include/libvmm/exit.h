@@ -71,7 +71,8 @@ typedef struct vmm_exit {
                           *   (uint64_t)VMM_ENOSYS. */
     } hypercall;
     struct {
-      uint8_t vector;          /**< 0 (divide error) to 31. */
+      uint8_t vector;          /**< 0 (divide error) to 31 for exceptions; a software
+                                *   interrupt (INT n) reports n. */
       uint8_t has_error_code;
       uint8_t reserved[2];
       uint32_t error_code;

@@ -29,8 +29,12 @@ typedef struct vmm_snapshot vmm_snapshot_t;
  *        completed first, so every vCPU is captured at an instruction boundary.
  * @param[in]  vm  The VM.
  * @param[out] out The new snapshot, with one reference owned by the caller.
- * @return 0; VMM_EINVAL for NULL; VMM_EBUSY when a vCPU is running; VMM_ENOSYS when a device
- *         of the VM cannot save its state; VMM_ENOMEM; VMM_EBACKEND.
+ * @return 0; VMM_EINVAL for NULL or vCPUs not numbered from 0 without gaps; VMM_EBUSY when a
+ *         vCPU is running; VMM_ESTATE when a vCPU still waits for the value of an IO/MMIO read
+ *         or hypercall exit given to the caller (run it first); VMM_EFAULT when a vCPU inside
+ *         the hypercall page has a stack outside RAM; VMM_ELIMIT when the host is out of file
+ *         descriptors; VMM_ENOMEM; VMM_EBACKEND. Devices without state are recorded as such.
+ *         After a failure the next snapshot or roll back copies all of RAM.
  * @note The first snapshot of a VM turns on dirty-page logging for all its RAM, so that later
  *       snapshots and roll backs only touch the pages that changed.
  */
@@ -40,8 +44,12 @@ VMM_API int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out);
  * @brief Rolls a VM back (or forward) to a snapshot of the same memory layout and devices.
  *        Only the pages that may differ are copied: those written since the VM's last snapshot
  *        or restore, and those that differ between the two snapshots in the tree.
- * @return 0; VMM_EINVAL for NULL or a snapshot whose RAM layout, vCPU count or devices do not
- *         match the VM; VMM_EBUSY when a vCPU is running; VMM_EBACKEND.
+ * @return 0; VMM_EINVAL for NULL, vCPUs not numbered from 0, or a snapshot whose RAM layout
+ *         (addresses, sizes, flags), vCPU count or devices do not match the VM, or whose CPU
+ *         state the backend refuses; VMM_EVERSION when a device's saved state has another
+ *         version; VMM_ECORRUPT when a device refuses its saved state; VMM_EFAULT when the
+ *         hypercall page lies outside RAM; VMM_EBUSY when a vCPU is running; VMM_ENOMEM;
+ *         VMM_EIO; VMM_EBACKEND. After a failure the VM's state is undefined (restore again).
  * @note The snapshot may come from another backend: the VM continues on its own backend.
  */
 VMM_API int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *snap);
@@ -64,7 +72,8 @@ typedef struct vmm_clone_config {
  * @param[in]  snap   The snapshot.
  * @param[in]  config The configuration; NULL means the snapshot's own backend if available.
  * @param[out] out    The new VM.
- * @return 0; VMM_EINVAL; VMM_ENODEV when the backend cannot run here; VMM_ESTATE when the
+ * @return 0; VMM_EINVAL; VMM_ENODEV when the backend cannot run here; VMM_ENOSYS when the
+ *         backend is not built in or a device cannot be cloned; VMM_ESTATE when the
  *         snapshot was loaded from a file and its devices were never attached to a VM (create
  *         the VM yourself and use vmm_vm_restore()); VMM_ENOMEM; VMM_EBACKEND.
  * @note Memory is shared copy-on-write with the snapshot where the backend allows it: the
@@ -94,7 +103,8 @@ VMM_API vmm_snapshot_t *vmm_snapshot_parent(const vmm_snapshot_t *snap);
 /**
  * @brief Lists the children of a snapshot that are still alive, oldest first.
  * @param[in]  snap  The snapshot.
- * @param[out] out   Array of @p cap entries (no references are added); may be NULL if cap is 0.
+ * @param[out] out   Array of @p cap entries, each with a reference the caller releases; may be
+ *                   NULL if cap is 0.
  * @param[in]  cap   Capacity of @p out.
  * @param[out] count Number of children (which may exceed @p cap).
  * @return 0; VMM_EINVAL for NULL @p snap or @p count.
@@ -161,13 +171,18 @@ enum {
  * @param[in] snap  The snapshot.
  * @param[in] path  Destination.
  * @param[in] flags VMM_SNAPSHOT_SAVE_* flags.
- * @return 0; VMM_EINVAL; VMM_EIO for file system errors (logged with the reason); VMM_ENOMEM.
+ * @return 0; VMM_EINVAL; VMM_EIO for file system errors (logged with the reason); VMM_ELIMIT
+ *         when the description would exceed what a file may hold; VMM_ENOMEM.
+ * @note A diff is written only when the parent's file is in the same directory, is not the
+ *       destination itself, and the chain stays within the loader's depth limit; otherwise
+ *       the file is whole. Files are created with mode 0600: they hold guest memory.
  */
 VMM_API int vmm_snapshot_save(vmm_snapshot_t *snap, const char *path, uint32_t flags);
 
 /**
  * @brief Loads a snapshot file (and, for a diff file, its parent chain, found by the file name
  *        recorded in it, relative to the file's directory, and checked by content hash).
+ *        A parent reference is a plain file name: parents must lie next to their children.
  *        Nothing in the file is trusted: every length, offset, count, index, version and
  *        checksum is checked before use, and a bad file is refused with a log message naming
  *        what is wrong.

@@ -71,7 +71,7 @@ typedef struct vmm_vm_config {
  * @param[in]  config The configuration; NULL means all defaults.
  * @param[out] out    The VM, or NULL on failure.
  * @return 0; VMM_EINVAL for a bad config (struct_size too small, unknown backend or flags,
- *         RAM size not a multiple of 4 KiB); VMM_ENOSYS for VMM_VM_IRQCHIP on a backend
+ *         RAM size not a multiple of 4 KiB); VMM_ERANGE for more than 64 vCPUs; VMM_ENOSYS for VMM_VM_IRQCHIP on a backend
  *         without interrupt controllers (logged); VMM_ENODEV when the requested backend cannot run
  *         here (with VMM_BACKEND_AUTO: when none can); VMM_ENOSYS when it is not built in;
  *         VMM_ENOMEM; VMM_EBACKEND when the backend fails to set up (logged).
@@ -102,8 +102,9 @@ enum {
  * @param[out] hva   If not NULL: the host address of the region's first byte.
  * @return 0; VMM_EINVAL for misalignment or unknown flags; VMM_EEXIST when the range overlaps
  *         RAM or an MMIO handler; VMM_ERANGE when it lies beyond what the backend can map;
- *         VMM_ELIMIT when the backend's region limit is reached; VMM_ENOMEM; VMM_EBUSY when a
- *         vCPU is running.
+ *         VMM_ELIMIT when the backend's region limit is reached; VMM_ENOSYS for a read-only
+ *         region on a backend that cannot make one; VMM_ENOMEM; VMM_EBUSY when a vCPU is
+ *         running; VMM_EBACKEND.
  */
 VMM_API int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags,
                            void **hva);

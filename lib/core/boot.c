@@ -46,6 +46,7 @@ int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
   memset(page, 0xcc, VMM_PAGE_SIZE);
   int rc = vm->ops->fill_hypercall_page(vm, gpa, page);
   if (rc == 0) vm->hypercall_page_gpa = gpa;
+  vmm__host_wrote(vm, gpa, VMM_PAGE_SIZE);
   return rc;
 }
 
@@ -64,6 +65,8 @@ static int vmm_write_page_tables(vmm_vm_t *vm, uint64_t span, bool user) {
     pdpt[i] = (VMM_PD_GPA + i * VMM_PAGE_SIZE) | flags;
     for (uint64_t j = 0; j < 512; j++) pds[i * 512 + j] = ((i << 30) | (j << 21)) | flags | PTE_PS;
   }
+  vmm__host_wrote(vm, VMM_PML4_GPA, 2 * VMM_PAGE_SIZE);
+  vmm__host_wrote(vm, VMM_PD_GPA, npd * VMM_PAGE_SIZE);
   return 0;
 }
 
@@ -107,6 +110,7 @@ static int vmm_write_descriptor_tables(vmm_vm_t *vm) {
     idt[v * 2] = lo;
     idt[v * 2 + 1] = off >> 32;
   }
+  vmm__host_wrote(vm, VMM_GDT_GPA, 4 * VMM_PAGE_SIZE); /* GDT, IDT, stubs, TSS */
   return 0;
 }
 

@@ -180,7 +180,8 @@ static int vmm_dispatch_pio(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   uint32_t size = exit->io.size;
   if (size != 1 && size != 2 && size != 4) return 0;
   struct vmm_handler *h = vmm_vec_find(&vm->pio, exit->io.port);
-  if (h == NULL) return 0;
+  /* An access that runs past the end of the handler's window is not the handler's. */
+  if (h == NULL || exit->io.port - h->base + size > h->len) return 0;
   if (exit->io.count <= 1) {
     int rc = vmm_call_io(vcpu, h, exit->io.port, size, exit->io.is_write, &exit->io.data);
     return rc == VMM_HANDLED ? 1 : rc == VMM_UNHANDLED ? 0 : rc;

@@ -34,6 +34,7 @@ struct vmm_region {
   bool dirty_log;
   bool cow;            /* hva is a private copy-on-write mapping of memfd (a clone's RAM). */
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
+  uint64_t *snap_pending; /* Pages the public dirty-log call took that snapshots still need. */
   void *backend_data;
 };
 
@@ -198,6 +199,12 @@ int vmm__vm_map_ram_cow(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flag
 size_t vmm__vm_devices(vmm_vm_t *vm, vmm_device_t ***out);
 /* Marks the handler as registered by a device (clones re-create devices, not their handlers). */
 void vmm__handler_set_device(vmm_handler_t *h, vmm_device_t *dev);
+
+/* The VMM wrote guest memory directly (not through vmm_vm_write): dirty logs and
+ * translators must know. */
+void vmm__host_wrote(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+/* Reads and clears a region's dirty log (backend and host writes); bitmap sized for it. */
+int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
 
 /* Guest memory helpers for the core and backends; the caller holds no lock. */
 struct vmm_region *vmm__region_find(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);

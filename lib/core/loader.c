@@ -76,8 +76,16 @@ int vmm_load_elf(vmm_vm_t *vm, const void *data, size_t size, vmm_image_info_t *
     nload++;
   }
   if (nload == 0) return vmm_elf_fail("no loadable segments");
-  if (eh.e_entry < low || eh.e_entry >= high)
-    return vmm_elf_fail("entry point outside the loaded segments");
+  /* The entry is a virtual address; segments load at their physical ones (they differ for
+   * higher-half kernels such as vmlinux). */
+  uint64_t entry = UINT64_MAX;
+  for (unsigned i = 0; i < eh.e_phnum && entry == UINT64_MAX; i++) {
+    Elf64_Phdr ph;
+    memcpy(&ph, img + eh.e_phoff + i * sizeof(ph), sizeof(ph));
+    if (ph.p_type == PT_LOAD && eh.e_entry >= ph.p_vaddr && eh.e_entry - ph.p_vaddr < ph.p_memsz)
+      entry = ph.p_paddr + (eh.e_entry - ph.p_vaddr);
+  }
+  if (entry == UINT64_MAX) return vmm_elf_fail("entry point outside the loaded segments");
 
   for (unsigned i = 0; i < eh.e_phnum; i++) {
     Elf64_Phdr ph;
@@ -86,9 +94,10 @@ int vmm_load_elf(vmm_vm_t *vm, const void *data, size_t size, vmm_image_info_t *
     uint8_t *dst = vmm__gpa_ptr(vm, ph.p_paddr, ph.p_memsz);
     memcpy(dst, img + ph.p_offset, ph.p_filesz);
     memset(dst + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
+    vmm__host_wrote(vm, ph.p_paddr, ph.p_memsz);
   }
   if (info) {
-    info->entry = eh.e_entry;
+    info->entry = entry;
     info->low = low;
     info->high = high;
   }

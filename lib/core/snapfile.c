@@ -165,7 +165,9 @@ static cJSON *build_meta(const struct vmm_snapshot *s, bool full, const char *pa
             cJSON_AddItemToObject(m, "exc_stubs", hexstr(s->exc_stubs_gpa));
   if (!full && s->parent) {
     char hx[33];
+    vmm__snap_lock();
     hash_hex(s->parent->hash, hx);
+    vmm__snap_unlock();
     cJSON *p = cJSON_AddObjectToObject(m, "parent");
     ok &= p && cJSON_AddStringToObject(p, "hash", hx) && cJSON_AddStringToObject(p, "file", parent_file);
   } else {
@@ -218,25 +220,16 @@ static cJSON *build_meta(const struct vmm_snapshot *s, bool full, const char *pa
   return m;
 }
 
-/* The parent's file as the child will find it: a name in the same directory, or the path. */
+/* The parent's file name when it lies in the same directory as the child will, else NULL
+ * (the child is then saved whole: parents are looked up by name next to their children). */
 static char *parent_ref(const char *child_path, const char *parent_path) {
   char *a = strdup(child_path), *b = strdup(parent_path);
   char *ref = NULL;
-  if (a && b) {
-    const char *da = dirname(a);
-    char *b2 = strdup(parent_path);
-    if (b2) {
-      const char *db = dirname(b2);
-      char ra[PATH_MAX], rb[PATH_MAX];
-      if (realpath(da, ra) && realpath(db, rb) && strcmp(ra, rb) == 0) {
-        char *b3 = strdup(parent_path);
-        ref = b3 ? strdup(basename(b3)) : NULL;
-        free(b3);
-      } else {
-        ref = realpath(parent_path, NULL);
-      }
-      free(b2);
-    }
+  char ra[PATH_MAX], rb[PATH_MAX];
+  if (a && b && realpath(dirname(a), ra) && realpath(dirname(b), rb) && strcmp(ra, rb) == 0) {
+    char *c = strdup(parent_path);
+    if (c) ref = strdup(basename(c));
+    free(c);
   }
   free(a);
   free(b);
@@ -245,13 +238,26 @@ static char *parent_ref(const char *child_path, const char *parent_path) {
 
 int vmm_snapshot_save(vmm_snapshot_t *s, const char *path, uint32_t flags) {
   if (s == NULL || path == NULL || (flags & ~(uint32_t)VMM_SNAPSHOT_SAVE_FULL)) return VMM_EINVAL;
-  bool full = (flags & VMM_SNAPSHOT_SAVE_FULL) || !s->parent || !s->parent->hashed ||
-              !s->parent->path;
+  /* A diff needs a saved parent next to it, of the same layout, not about to be replaced by
+   * this very file, and a chain short enough to load back. */
+  char *parent_path = NULL;
+  vmm__snap_lock();
+  if (s->parent && s->parent->hashed && s->parent->path) parent_path = strdup(s->parent->path);
+  vmm__snap_unlock();
+  bool full = (flags & VMM_SNAPSHOT_SAVE_FULL) || parent_path == NULL ||
+              s->depth + 1 >= SNAP_MAX_DEPTH;
+  for (size_t i = 0; i < s->nregions; i++) full |= s->regions[i].full;
   char *pref = NULL;
   if (!full) {
-    pref = parent_ref(path, s->parent->path);
+    char *dest = realpath(path, NULL);
+    if (dest && strcmp(dest, parent_path) == 0) full = true;
+    free(dest);
+  }
+  if (!full) {
+    pref = parent_ref(path, parent_path);
     if (pref == NULL) full = true;
   }
+  free(parent_path);
   struct chunk_list chunks = {0};
   int rc = 0;
   for (size_t i = 0; i < s->nregions && rc == 0; i++) rc = plan_chunks(s, i, full, &chunks);
@@ -270,6 +276,11 @@ int vmm_snapshot_save(vmm_snapshot_t *s, const char *path, uint32_t flags) {
   char *text = meta ? cJSON_PrintUnformatted(meta) : NULL;
   cJSON_Delete(meta);
   if (rc == 0 && text == NULL) rc = VMM_ENOMEM;
+  if (rc == 0 && strlen(text) > SNAP_MAX_META) {
+    VMM_LOG_E("snapshot save: metadata of %zu bytes exceeds the %u MiB a file may have",
+              strlen(text), SNAP_MAX_META >> 20);
+    rc = VMM_ELIMIT;
+  }
 
   char *tmp = NULL;
   int fd = -1;
@@ -328,13 +339,15 @@ int vmm_snapshot_save(vmm_snapshot_t *s, const char *path, uint32_t flags) {
       close(dfd);
     }
     free(d);
+    char *rp = realpath(path, NULL);
+    vmm__snap_lock();
     content_hash(text, strlen(text), s->hash);
     s->hashed = true;
-    char *rp = realpath(path, NULL);
     if (rp) {
       free(s->path);
       s->path = rp;
     }
+    vmm__snap_unlock();
   } else if (tmp && fd >= 0) {
     unlink(tmp);
   }
@@ -355,6 +368,7 @@ struct loader {
   uint8_t visited[SNAP_MAX_DEPTH][16];
   int depth;
   uint8_t *bounce;
+  const uint8_t *expect; /* Content hash a parent must have, or NULL. */
 };
 
 /* Logs "snapshot <message>" and refuses the file. */
@@ -427,35 +441,35 @@ static int load_parent(struct loader *L, const cJSON *pj, struct vmm_snapshot **
     VMM_LOG_E("snapshot %s: parent chain deeper than %d", L->path, SNAP_MAX_DEPTH);
     return VMM_ELIMIT;
   }
-  char full[PATH_MAX * 2];
-  if (fj->valuestring[0] == '/') {
-    snprintf(full, sizeof(full), "%s", fj->valuestring);
-  } else {
-    char *d = strdup(L->path);
-    if (d == NULL) return VMM_ENOMEM;
-    snprintf(full, sizeof(full), "%s/%s", dirname(d), fj->valuestring);
+  /* Parents live next to their children: a reference is a plain file name, so a crafted
+   * file cannot pull in a snapshot from anywhere else on the host. */
+  if (strchr(fj->valuestring, '/') || strcmp(fj->valuestring, ".") == 0 ||
+      strcmp(fj->valuestring, "..") == 0)
+    BAD("%s: parent reference '%s' is not a file name in the same directory", L->path,
+        fj->valuestring);
+  char *full = malloc(PATH_MAX * 2);
+  char *d = strdup(L->path);
+  if (full == NULL || d == NULL) {
+    free(full);
     free(d);
+    return VMM_ENOMEM;
   }
-  struct loader P = {.path = full};
+  snprintf(full, PATH_MAX * 2, "%s/%s", dirname(d), fj->valuestring);
+  free(d);
+  struct loader P = {.path = full, .expect = want};
   memcpy(P.visited, L->visited, sizeof(P.visited));
   P.depth = L->depth + 1;
-  P.fd = open(full, O_RDONLY | O_CLOEXEC);
+  P.fd = open(full, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (P.fd < 0) {
     VMM_LOG_E("snapshot %s: parent %s cannot be opened: %s", L->path, full, strerror(errno));
+    free(full);
     return VMM_ENOENT;
   }
   int rc = load_one(&P, parent);
   close(P.fd);
   free(P.bounce);
-  if (rc) return rc;
-  if (memcmp((*parent)->hash, want, 16) != 0) {
-    VMM_LOG_E("snapshot %s: parent %s is not the file it was saved against (content hash differs)",
-              L->path, full);
-    vmm_snapshot_release(*parent);
-    *parent = NULL;
-    return VMM_ENOENT;
-  }
-  return 0;
+  free(full);
+  return rc;
 }
 
 static int parse_regions(struct loader *L, const cJSON *arr, struct vmm_snapshot *s) {
@@ -473,9 +487,10 @@ static int parse_regions(struct loader *L, const cJSON *arr, struct vmm_snapshot
         !vmm__json_hex(cJSON_GetObjectItemCaseSensitive(o, "size"), &size) || !cJSON_IsNumber(fj) ||
         !cJSON_IsBool(full))
       BAD("%s: region %zu malformed", L->path, s->nregions);
+    if (!(fj->valuedouble == 0 || fj->valuedouble == 1))
+      BAD("%s: region %zu has unknown flags", L->path, s->nregions);
     flags = (uint64_t)fj->valuedouble;
-    if (gpa % PAGE || size % PAGE || size == 0 || gpa + size < gpa || (flags & ~1ull) ||
-        fj->valuedouble != (double)flags)
+    if (gpa % PAGE || size % PAGE || size == 0 || gpa + size < gpa)
       BAD("%s: region %zu has a bad address, size or flags", L->path, s->nregions);
     if (s->nregions && gpa < prev_end) BAD("%s: regions overlap or are out of order", L->path);
     total += size;
@@ -627,8 +642,21 @@ static int load_one(struct loader *L, struct vmm_snapshot **out) {
     rc = VMM_ECORRUPT;
     goto out;
   }
+  if (s->hypercall_page_gpa % PAGE || s->exc_stubs_gpa % PAGE) {
+    VMM_LOG_E("snapshot %s: hypercall page or exception stubs not page-aligned", L->path);
+    rc = VMM_ECORRUPT;
+    goto out;
+  }
   content_hash(text, L->h.meta_length, s->hash);
   s->hashed = true;
+  /* A parent is checked against the hash its child recorded before its pages are read, so a
+   * chain of wrong files costs metadata only. */
+  if (L->expect && memcmp(L->expect, s->hash, 16) != 0) {
+    VMM_LOG_E("snapshot %s: is not the parent file its child was saved against (content hash "
+              "differs)", L->path);
+    rc = VMM_ENOENT;
+    goto out;
+  }
   memcpy(L->visited[L->depth], s->hash, 16);
   s->nvcpus = (uint32_t)cJSON_GetArraySize(vcpus);
   s->cpus = calloc(s->nvcpus ? s->nvcpus : 1, sizeof(*s->cpus));
@@ -684,7 +712,7 @@ int vmm_snapshot_load(const char *path, vmm_snapshot_t **out) {
   struct loader *L = calloc(1, sizeof(*L));
   if (L == NULL) return VMM_ENOMEM;
   L->path = path;
-  L->fd = open(path, O_RDONLY | O_CLOEXEC);
+  L->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* A FIFO must not block us. */
   if (L->fd < 0) {
     VMM_LOG_E("snapshot %s: cannot open: %s", path, strerror(errno));
     free(L);

@@ -28,6 +28,9 @@ static size_t bitmap_bytes(uint64_t npages) { return (size_t)((npages + 63) / 64
 
 /* ---- objects and the tree ---- */
 
+void vmm__snap_lock(void) { pthread_mutex_lock(&vmm_snap_tree_lock); }
+void vmm__snap_unlock(void) { pthread_mutex_unlock(&vmm_snap_tree_lock); }
+
 struct vmm_snapshot *vmm__snap_alloc(void) {
   struct vmm_snapshot *s = calloc(1, sizeof(*s));
   if (s == NULL) return NULL;
@@ -96,9 +99,15 @@ vmm_snapshot_t *vmm_snapshot_retain(vmm_snapshot_t *s) {
 }
 
 void vmm_snapshot_release(vmm_snapshot_t *s) {
-  while (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-    struct vmm_snapshot *parent = s->parent;
+  while (s) {
+    /* The last reference drops under the tree lock, so that vmm_snapshot_children() never
+     * hands out a snapshot that is being freed. */
     pthread_mutex_lock(&vmm_snap_tree_lock);
+    if (atomic_fetch_sub(&s->refs, 1) != 1) {
+      pthread_mutex_unlock(&vmm_snap_tree_lock);
+      return;
+    }
+    struct vmm_snapshot *parent = s->parent;
     if (parent) {
       for (size_t i = 0; i < parent->nchildren; i++) {
         if (parent->children[i] == s) {
@@ -109,8 +118,8 @@ void vmm_snapshot_release(vmm_snapshot_t *s) {
         }
       }
     }
-    /* Children keep their parent alive, so a dying snapshot has none left. */
     pthread_mutex_unlock(&vmm_snap_tree_lock);
+    /* Children keep their parent alive, so a dying snapshot has none left. */
     for (size_t i = 0; i < s->nregions; i++) vmm_snap_region_fini(&s->regions[i]);
     for (size_t i = 0; i < s->ndevices; i++) {
       cJSON_Delete(s->devices[i].state);
@@ -143,7 +152,7 @@ int vmm_snapshot_children(const vmm_snapshot_t *s, vmm_snapshot_t **out, size_t 
                           size_t *count) {
   if (s == NULL || count == NULL || (out == NULL && cap)) return VMM_EINVAL;
   pthread_mutex_lock(&vmm_snap_tree_lock);
-  for (size_t i = 0; i < s->nchildren && i < cap; i++) out[i] = s->children[i];
+  for (size_t i = 0; i < s->nchildren && i < cap; i++) out[i] = vmm_snapshot_retain(s->children[i]);
   *count = s->nchildren;
   pthread_mutex_unlock(&vmm_snap_tree_lock);
   return 0;
@@ -254,9 +263,40 @@ static int vmm_snap_leave_hypercall_page(vmm_vm_t *vm, vmm_cpu_state_t *st) {
   return 0;
 }
 
-static int vmm_snap_capture_cpus(vmm_vm_t *vm, struct vmm_snapshot *s) {
+/* A read or hypercall handed to the caller is finished by the caller's next run; a snapshot
+ * now would capture the library's placeholder value instead. */
+static bool vmm_snap_caller_owes(const vmm_vcpu_t *v) {
+  const vmm_exit_t *e = &v->cur;
+  if (v->returned_reason != e->reason) return false;
+  return (e->reason == VMM_EXIT_IO && !e->io.is_write) ||
+         (e->reason == VMM_EXIT_MMIO && !e->mmio.is_write) || e->reason == VMM_EXIT_HYPERCALL;
+}
+
+/* vCPUs must be numbered 0..n-1 (snapshots store them by position). */
+static int vmm_snap_count_vcpus(vmm_vm_t *vm, uint32_t *count) {
   uint32_t n = 0;
   while (n < VMM_MAX_VCPUS && vm->vcpus[n]) n++;
+  for (uint32_t i = n; i < VMM_MAX_VCPUS; i++) {
+    if (vm->vcpus[i]) {
+      VMM_LOG_E("snapshot: vCPU %u exists but vCPU %u does not; number vCPUs from 0", i, n);
+      return VMM_EINVAL;
+    }
+  }
+  *count = n;
+  return 0;
+}
+
+static int vmm_snap_capture_cpus(vmm_vm_t *vm, struct vmm_snapshot *s) {
+  uint32_t n;
+  int rc0 = vmm_snap_count_vcpus(vm, &n);
+  if (rc0) return rc0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (vmm_snap_caller_owes(vm->vcpus[i])) {
+      VMM_LOG_E("snapshot: vCPU %u waits for the value of its %s exit; run it first", i,
+                vmm_exit_reason_name(vm->vcpus[i]->cur.reason));
+      return VMM_ESTATE;
+    }
+  }
   s->cpus = calloc(n ? n : 1, sizeof(*s->cpus));
   if (s->cpus == NULL) return VMM_ENOMEM;
   s->nvcpus = n;
@@ -343,7 +383,10 @@ static int vmm_snap_capture_full(struct vmm_region *live, struct vmm_snap_region
   off_t pos = 0, end = (off_t)live->size;
   while (pos < end) {
     off_t data = live->cow ? pos : lseek(live->memfd, pos, SEEK_DATA);
-    if (data < 0) break; /* ENXIO: no data after pos. */
+    if (data < 0) {
+      if (errno == ENXIO) break; /* No data after pos. */
+      return vmm__from_errno(errno);
+    }
     off_t hole = live->cow ? end : lseek(live->memfd, data, SEEK_HOLE);
     if (hole < 0 || hole > end) hole = end;
     for (uint64_t pg = (uint64_t)data / PAGE; pg < ((uint64_t)hole + PAGE - 1) / PAGE; pg++) {
@@ -376,13 +419,20 @@ static bool vmm_snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s) {
   return true;
 }
 
-/* Reads and clears the dirty pages of region i (backend writes and host writes). */
+/* Reads and clears the dirty pages of region i (backend writes, host writes, and what the
+ * program's own dirty-log calls took since). */
 static int vmm_snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out) {
   struct vmm_region *live = vm->regions[i];
   size_t bytes = bitmap_bytes(live->size / PAGE);
   uint64_t *bm = calloc(1, bytes ? bytes : 8);
   if (bm == NULL) return VMM_ENOMEM;
-  int rc = vmm_vm_dirty_log_get(vm, live->gpa, bm, bytes);
+  pthread_mutex_lock(&vm->lock);
+  int rc = vmm__dirty_get(vm, live, bm);
+  if (rc == 0 && live->snap_pending) {
+    for (size_t w = 0; w < bytes / 8; w++) bm[w] |= live->snap_pending[w];
+    memset(live->snap_pending, 0, bytes);
+  }
+  pthread_mutex_unlock(&vm->lock);
   if (rc) {
     free(bm);
     return rc;
@@ -444,6 +494,8 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
   return 0;
 
 fail:
+  /* The logs may have been read already: the next snapshot or roll back copies everything. */
+  vm->dirty_all = false;
   vmm_snapshot_release(s);
   return rc;
 }
@@ -504,6 +556,52 @@ static void vmm_snap_write_page(struct vmm_region *live, const struct vmm_snapsh
   else if (!vmm_page_is_zero(dst)) memset(dst, 0, PAGE); /* Reading a hole allocates nothing. */
 }
 
+static int vmm_pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off);
+
+/* Every page of a region as of the snapshot, without touching pages that are holes on both
+ * sides: a page that must be zero is punched out of the memfd (never read, which would
+ * allocate it), and stored pages go in with pwrite in runs. */
+static int vmm_snap_restore_full(struct vmm_region *live, const struct vmm_snapshot *s, size_t ri) {
+  uint64_t npages = live->size / PAGE;
+  if (live->cow) {
+    /* A clone's private mapping: reading a page reads the shared base, which costs nothing. */
+    for (uint64_t pg = 0; pg < npages; pg++) vmm_snap_write_page(live, s, ri, pg);
+    return 0;
+  }
+  off_t pos = 0, end = (off_t)live->size;
+  while (pos < end) {
+    off_t data = lseek(live->memfd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;
+      return vmm__from_errno(errno);
+    }
+    off_t hole = lseek(live->memfd, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
+    uint64_t first = (uint64_t)data / PAGE, last = ((uint64_t)hole + PAGE - 1) / PAGE;
+    for (uint64_t pg = first; pg < last;) {
+      uint64_t n = 0;
+      while (pg + n < last && vmm__snap_page(s, ri, pg + n) == NULL) n++;
+      if (n && fallocate(live->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         (off_t)(pg * PAGE), (off_t)(n * PAGE)) != 0)
+        return vmm__from_errno(errno);
+      pg += n ? n : 1;
+    }
+    pos = hole;
+  }
+  for (uint64_t pg = 0; pg < npages;) {
+    const uint8_t *src = vmm__snap_page(s, ri, pg);
+    if (src == NULL) {
+      pg++;
+      continue;
+    }
+    uint64_t n = 1;
+    while (pg + n < npages && vmm__snap_page(s, ri, pg + n) == src + n * PAGE) n++;
+    if (vmm_pwrite_all(live->memfd, src, n * PAGE, pg * PAGE) != 0) return VMM_EIO;
+    pg += n;
+  }
+  return 0;
+}
+
 static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
   const struct vmm_snapshot *base = vm->snap_base;
   const struct vmm_snapshot *lca = base ? vmm_snap_lca(base, s) : NULL;
@@ -530,7 +628,11 @@ static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
         }
       }
     } else {
-      for (uint64_t pg = 0; pg < npages; pg++) vmm_snap_write_page(live, s, i, pg);
+      int rc = vmm_snap_restore_full(live, s, i);
+      if (rc) {
+        free(want);
+        return rc;
+      }
     }
     free(want);
   }
@@ -551,6 +653,7 @@ static int vmm_snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device
                           size_t ndevs) {
   int rc;
   vm->exc_stubs_gpa = s->exc_stubs_gpa;
+  vm->hypercall_page_gpa = 0;
   if (s->hypercall_page_gpa) {
     rc = vmm__install_hypercall_page(vm, s->hypercall_page_gpa);
     if (rc) return rc;
@@ -585,13 +688,15 @@ int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
     return VMM_EINVAL;
   }
   for (size_t i = 0; i < s->nregions; i++) {
-    if (s->regions[i].gpa != vm->regions[i]->gpa || s->regions[i].size != vm->regions[i]->size) {
+    if (s->regions[i].gpa != vm->regions[i]->gpa || s->regions[i].size != vm->regions[i]->size ||
+        s->regions[i].flags != vm->regions[i]->flags) {
       VMM_LOG_E("restore: RAM region %zu differs from the snapshot's", i);
       return VMM_EINVAL;
     }
   }
   uint32_t nvcpus = 0;
-  while (nvcpus < VMM_MAX_VCPUS && vm->vcpus[nvcpus]) nvcpus++;
+  int rc0 = vmm_snap_count_vcpus(vm, &nvcpus);
+  if (rc0) return rc0;
   if (nvcpus != s->nvcpus) {
     VMM_LOG_E("restore: the VM has %u vCPUs, the snapshot %u", nvcpus, s->nvcpus);
     return VMM_EINVAL;
@@ -603,8 +708,12 @@ int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
     rc = vm->ops->flush_pending(vm->vcpus[i], &vm->vcpus[i]->cur);
     vm->vcpus[i]->cur.reason = VMM_EXIT_NONE;
   }
-  if (rc == 0) rc = vmm_snap_restore_memory(vm, s);
-  if (rc == 0) rc = vmm_snap_apply(vm, s, devs, ndevs);
+  if (rc == 0) {
+    rc = vmm_snap_restore_memory(vm, s);
+    if (rc == 0) rc = vmm_snap_apply(vm, s, devs, ndevs);
+    /* Memory may be half restored and the logs consumed: nothing is known to match. */
+    if (rc) vm->dirty_all = false;
+  }
   free(devs);
   if (rc) return rc;
   vmm_snapshot_t *old = vm->snap_base;

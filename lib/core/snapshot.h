@@ -79,6 +79,10 @@ void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *
 /* Links a child into its parent's list (the child holds a reference on the parent). */
 void vmm__snap_link(struct vmm_snapshot *child, struct vmm_snapshot *parent);
 
+/* The lock guarding the tree links, names, hashes and paths of all snapshots. */
+void vmm__snap_lock(void);
+void vmm__snap_unlock(void);
+
 /* CPU state and device state as JSON, for the file format. */
 cJSON *vmm__cpu_state_to_json(const vmm_cpu_state_t *st);
 int vmm__cpu_state_from_json(const cJSON *j, vmm_cpu_state_t *st);

@@ -92,6 +92,7 @@ static void vmm_region_free(struct vmm_region *r) {
   if (r->hva) munmap(r->hva, r->size);
   if (r->memfd >= 0) close(r->memfd);
   free(r->host_dirty);
+  free(r->snap_pending);
   free(r);
 }
 
@@ -269,6 +270,22 @@ int vmm_vm_ram_regions(const vmm_vm_t *vm, vmm_ram_region_t *out, size_t cap, si
   return 0;
 }
 
+void vmm__host_wrote(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
+  while (len) {
+    struct vmm_region *r = vmm__region_find(vm, gpa, 1);
+    if (r == NULL) return;
+    uint64_t off = gpa - r->gpa;
+    uint64_t n = r->size - off < len ? r->size - off : len;
+    if (vm->ops->memory_written) vm->ops->memory_written(vm, gpa, n);
+    if (r->dirty_log && r->host_dirty) {
+      for (uint64_t pg = off / VMM_PAGE_SIZE; pg <= (off + n - 1) / VMM_PAGE_SIZE; pg++)
+        __atomic_fetch_or(&r->host_dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);
+    }
+    gpa += n;
+    len -= n;
+  }
+}
+
 /* Walks [gpa, gpa+len) region by region; every byte must be RAM. */
 static int vmm_vm_access(vmm_vm_t *vm, uint64_t gpa, void *buf, size_t len, bool write) {
   if (vm == NULL || (buf == NULL && len)) return VMM_EINVAL;
@@ -281,11 +298,7 @@ static int vmm_vm_access(vmm_vm_t *vm, uint64_t gpa, void *buf, size_t len, bool
     size_t n = r->size - off < len ? (size_t)(r->size - off) : len;
     if (write) {
       memcpy(r->hva + off, p, n);
-      if (vm->ops->memory_written) vm->ops->memory_written(vm, gpa, n);
-      if (r->dirty_log && r->host_dirty) {
-        for (uint64_t pg = off / VMM_PAGE_SIZE; pg <= (off + n - 1) / VMM_PAGE_SIZE; pg++)
-          __atomic_fetch_or(&r->host_dirty[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);
-      }
+      vmm__host_wrote(vm, gpa, n);
     } else {
       memcpy(p, r->hva + off, n);
     }
@@ -343,8 +356,22 @@ int vmm_vm_dirty_log_enable(vmm_vm_t *vm, uint64_t gpa, int enable) {
   }
   rc = vm->ops->dirty_log_enable(vm, r, enable != 0);
   if (rc == 0) r->dirty_log = enable != 0;
+  /* Without the log, snapshots can no longer tell what changed. */
+  if (rc == 0 && !enable) vm->dirty_all = false;
 out:
   pthread_mutex_unlock(&vm->lock);
+  return rc;
+}
+
+int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
+  if (!r->dirty_log) return VMM_ESTATE;
+  size_t need = vmm_bitmap_bytes(r->size);
+  memset(bitmap, 0, need);
+  int rc = vm->ops->dirty_log_get(vm, r, bitmap);
+  if (rc == 0) {
+    for (size_t i = 0; i < need / 8; i++)
+      bitmap[i] |= __atomic_exchange_n(&r->host_dirty[i], 0, __ATOMIC_RELAXED);
+  }
   return rc;
 }
 
@@ -357,20 +384,21 @@ int vmm_vm_dirty_log_get(vmm_vm_t *vm, uint64_t gpa, uint64_t *bitmap, size_t bi
     rc = VMM_ENOENT;
     goto out;
   }
-  if (!r->dirty_log) {
-    rc = VMM_ESTATE;
-    goto out;
-  }
   size_t need = vmm_bitmap_bytes(r->size);
-  if (bitmap_bytes < need) {
+  if (r->dirty_log && bitmap_bytes < need) {
     rc = VMM_ERANGE;
     goto out;
   }
-  memset(bitmap, 0, need);
-  rc = vm->ops->dirty_log_get(vm, r, bitmap);
-  if (rc == 0) {
-    for (size_t i = 0; i < need / 8; i++)
-      bitmap[i] |= __atomic_exchange_n(&r->host_dirty[i], 0, __ATOMIC_RELAXED);
+  rc = vmm__dirty_get(vm, r, bitmap);
+  /* Snapshots read the same log: keep what this call takes for them, or roll backs would
+   * miss these pages. */
+  if (rc == 0 && vm->dirty_all) {
+    if (r->snap_pending == NULL) r->snap_pending = calloc(1, need);
+    if (r->snap_pending == NULL) {
+      vm->dirty_all = false; /* The next snapshot or roll back copies everything. */
+    } else {
+      for (size_t i = 0; i < need / 8; i++) r->snap_pending[i] |= bitmap[i];
+    }
   }
 out:
   pthread_mutex_unlock(&vm->lock);

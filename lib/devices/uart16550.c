@@ -2,6 +2,8 @@
  * Transmission is instantaneous (THR is always empty); received bytes wait in a bounded ring
  * filled by vmm_uart_input() from any thread. */
 #include <errno.h>
+#include <signal.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -66,6 +68,26 @@ static void vmm_uart_rx_push(struct vmm_uart *u, uint8_t b) {
   u->rx_count++;
 }
 
+/* One byte to the output fd. A reader that went away must not kill the host process with
+ * SIGPIPE: the signal is blocked around the write and a SIGPIPE it raised is consumed. */
+static void vmm_uart_write_fd(int fd, uint8_t b) {
+  sigset_t pipe_set, old;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+  sigset_t pending;
+  sigpending(&pending);
+  bool was_pending = sigismember(&pending, SIGPIPE);
+  ssize_t n;
+  while ((n = write(fd, &b, 1)) < 0 && errno == EINTR) {
+  }
+  if (n < 0 && errno == EPIPE && !was_pending) {
+    struct timespec zero = {0, 0};
+    sigtimedwait(&pipe_set, NULL, &zero);
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 static void vmm_uart_transmit(struct vmm_uart *u, uint8_t b) {
   if (u->mcr & MCR_LOOP) {
     vmm_uart_rx_push(u, b);
@@ -74,9 +96,7 @@ static void vmm_uart_transmit(struct vmm_uart *u, uint8_t b) {
   if (u->cfg.out_fn) {
     u->cfg.out_fn((const char *)&b, 1, u->cfg.out_user_data);
   } else if (u->cfg.out_fd >= 0) {
-    /* A sink that cannot take the byte right now loses it; the guest never waits on the host. */
-    while (write(u->cfg.out_fd, &b, 1) < 0 && errno == EINTR) {
-    }
+    vmm_uart_write_fd(u->cfg.out_fd, b);
   }
 }
 
@@ -231,7 +251,8 @@ static int vmm_uart_load(vmm_device_t *dev, const cJSON *j) {
   u->thre_pending = thre != 0;
   u->rx_head = u->rx_count = 0;
   cJSON_ArrayForEach(b, rx) vmm_uart_rx_push(u, (uint8_t)b->valueint);
-  u->irq_level = false;
+  /* Drive the line to what the loaded registers say, whatever it was before. */
+  u->irq_level = !(!(vmm_uart_iir(u) & IIR_NONE) && (u->mcr & MCR_OUT2));
   vmm_uart_update_irq(u);
   pthread_mutex_unlock(&u->lock);
   return 0;

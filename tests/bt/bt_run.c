@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   vmm_vm_set_console(vm, console, NULL);
-  vmm_vm_add_pio_handler(vm, 0x500, 1, echo_io, NULL, NULL);
+  vmm_vm_add_pio_handler(vm, 0x500, 4, echo_io, NULL, NULL);
   vmm_vm_add_mmio_handler(vm, 0xd0000000ull, 0x1000, mmio_io, NULL, NULL);
   vmm_debug_exit_create(vm, 0, NULL);
   vmm_vcpu_t *vcpu;

@@ -91,7 +91,7 @@ static void run_open(struct run *r, vmm_backend_t be, uint64_t ram) {
 static void run_guest_file(struct run *r, vmm_backend_t be, const char *name, unsigned cpl,
                            const char *cmdline) {
   run_open(r, be, 64u << 20);
-  vmm_vm_add_pio_handler(r->vm, 0x500, 1, echo_io, NULL, NULL);
+  vmm_vm_add_pio_handler(r->vm, 0x500, 4, echo_io, NULL, NULL);
   vmm_vm_add_mmio_handler(r->vm, 0xd0000000ull, 0x1000, mmio_io, NULL, NULL);
   vmm_debug_exit_create(r->vm, 0, NULL);
   char path[512];

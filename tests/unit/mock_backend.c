@@ -103,6 +103,7 @@ static int mock_get_state(vmm_vcpu_t *vcpu, vmm_cpu_state_t *st) {
 
 static int mock_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
   struct mock_vcpu *m = vcpu->backend_data;
+  if (m->fail_set_state) return VMM_EINVAL;
   m->pending = false;
   m->state = *st;
   return 0;

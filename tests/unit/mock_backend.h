@@ -18,6 +18,7 @@ struct mock_vcpu {
   size_t flushes;
   bool pending;
   bool kicked;
+  bool fail_set_state;  /* set_state refuses (for error-path tests). */
 };
 
 struct mock_vm {

@@ -148,6 +148,18 @@ static void test_handler_returning_unhandled_passes_exit(void **state) {
   assert_int_equal(l.n, 1);
 }
 
+static void test_pio_access_past_window_is_not_the_handlers(void **state) {
+  struct fixture *f = *state;
+  struct io_log l = {.ret = VMM_HANDLED};
+  assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x80, 2, log_io, &l, NULL), 0);
+  vmm_exit_t e = io_exit(0x81, 4, 1, 5); /* Ports 0x81..0x84: only 0x81 is the handler's. */
+  mock_push_exit(f->vcpu, &e);
+  vmm_exit_t out;
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
+  assert_int_equal(out.reason, VMM_EXIT_IO);
+  assert_int_equal(l.n, 0);
+}
+
 static void test_handler_error_ends_run_with_code(void **state) {
   struct fixture *f = *state;
   struct io_log l = {.ret = VMM_EIO};
@@ -350,6 +362,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_unhandled_read_takes_value_from_caller, setup, teardown),
       cmocka_unit_test_setup_teardown(test_handler_returning_unhandled_passes_exit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_handler_error_ends_run_with_code, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pio_access_past_window_is_not_the_handlers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_string_io_dispatches_every_element, setup, teardown),
       cmocka_unit_test_setup_teardown(test_builtin_hypercalls, setup, teardown),
       cmocka_unit_test_setup_teardown(test_user_hypercall_handler_and_unknown_numbers, setup, teardown),

@@ -136,6 +136,24 @@ static void test_round_trip_full_and_diff(void **state) {
   assert_int_equal(vmm_snapshot_load(path_of("b.snap"), &none), VMM_ENOENT);
   rename(path_of("a.moved"), path_of("a.snap"));
 
+  /* Saving a child over its parent's own file writes it whole (the diff would name itself). */
+  vmm_snapshot_t *a2;
+  assert_int_equal(vmm_snapshot_load(path_of("a.snap"), &a2), 0);
+  vmm_vm_t *vm2 = make_vm();
+  assert_int_equal(vmm_vm_restore(vm2, a2), 0);
+  guest_write(vm2, 0x30000, small, sizeof(small));
+  vmm_snapshot_t *c2;
+  assert_int_equal(vmm_vm_snapshot(vm2, &c2), 0);
+  assert_ptr_equal(vmm_snapshot_parent(c2), a2);
+  assert_int_equal(vmm_snapshot_save(c2, path_of("a.snap"), 0), 0);
+  vmm_snapshot_t *lc;
+  assert_int_equal(vmm_snapshot_load(path_of("a.snap"), &lc), 0);
+  assert_null(vmm_snapshot_parent(lc));
+  vmm_snapshot_release(lc);
+  vmm_snapshot_release(c2);
+  vmm_snapshot_release(a2);
+  vmm_vm_destroy(vm2);
+
   vmm_snapshot_release(lf);
   vmm_snapshot_release(lb);
   vmm_snapshot_release(b);
@@ -305,6 +323,8 @@ static void test_hostile_metadata(void **state) {
       {"device type", "\"devices\":[]", "\"devices\":[{\"type\":7,\"version\":1,\"state\":null}]", VMM_ECORRUPT},
       {"parent missing", "\"parent\":null",
        "\"parent\":{\"hash\":\"00000000000000000000000000000000\",\"file\":\"nope.snap\"}", VMM_ENOENT},
+      {"parent elsewhere", "\"parent\":null",
+       "\"parent\":{\"hash\":\"00000000000000000000000000000000\",\"file\":\"/etc/x.snap\"}", VMM_ECORRUPT},
       {"parent is itself", "\"parent\":null",
        "\"parent\":{\"hash\":\"zz\",\"file\":\"c.snap\"}", VMM_ECORRUPT},
       {"not json", "\"format\":1", "\"format\":1,,,", VMM_ECORRUPT},

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "core/snapshot.h"
@@ -105,6 +106,8 @@ static void test_snapshot_tree_and_branches(void **state) {
   assert_int_equal(n, 2);
   assert_ptr_equal(kids[0], b);
   assert_ptr_equal(kids[1], c);
+  vmm_snapshot_release(kids[0]); /* The list hands out references. */
+  vmm_snapshot_release(kids[1]);
 
   /* Jump across branches: the pages of both branches are fixed up. */
   assert_int_equal(vmm_vm_restore(f->vm, b), 0);
@@ -130,6 +133,7 @@ static void test_snapshot_tree_and_branches(void **state) {
   vmm_snapshot_release(b);
   assert_int_equal(vmm_snapshot_children(root, kids, 4, &n), 0);
   assert_int_equal(n, 1);
+  vmm_snapshot_release(kids[0]);
   vmm_snapshot_release(root); /* c keeps root alive. */
   assert_non_null(vmm_snapshot_parent(c));
   vmm_snapshot_release(c);
@@ -245,6 +249,97 @@ static void test_clone_shares_and_diverges(void **state) {
   vmm_snapshot_release(s);
 }
 
+/* Regressions: the program's own dirty-log calls, a failed roll back, a caller that still owes
+ * a read value, vCPU numbering, and restores that must not allocate the whole guest. */
+static void test_program_dirty_log_calls_do_not_hide_pages(void **state) {
+  struct fixture *f = *state;
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  guest_write(f->vm, 0x8000, 7);
+  uint64_t bm[RAM / 4096 / 64];
+  assert_int_equal(vmm_vm_dirty_log_get(f->vm, 0, bm, sizeof(bm)), 0);
+  assert_true(bm[8 / 64] & (1ull << 8));
+  assert_int_equal(vmm_vm_restore(f->vm, s), 0);
+  assert_int_equal(peek(f->vm, 0x8000), 0);
+  /* Turning the log off makes the next operations whole, not wrong. */
+  guest_write(f->vm, 0x8000, 9);
+  assert_int_equal(vmm_vm_dirty_log_enable(f->vm, 0, 0), 0);
+  assert_int_equal(vmm_vm_restore(f->vm, s), 0);
+  assert_int_equal(peek(f->vm, 0x8000), 0);
+  vmm_snapshot_release(s);
+}
+
+static void test_failed_restore_then_restore_is_exact(void **state) {
+  struct fixture *f = *state;
+  vmm_snapshot_t *s0, *s1;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s0), 0);
+  guest_write(f->vm, 0x8000, 1);
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s1), 0);
+  guest_write(f->vm, 0x8000, 2);
+  mock_vcpu_of(f->vcpu)->fail_set_state = true;
+  assert_int_equal(vmm_vm_restore(f->vm, s0), VMM_EINVAL);
+  mock_vcpu_of(f->vcpu)->fail_set_state = false;
+  assert_int_equal(vmm_vm_restore(f->vm, s1), 0);
+  assert_int_equal(peek(f->vm, 0x8000), 1);
+  vmm_snapshot_release(s1);
+  vmm_snapshot_release(s0);
+}
+
+static void test_snapshot_refused_while_caller_owes_a_value(void **state) {
+  struct fixture *f = *state;
+  vmm_exit_t e;
+  memset(&e, 0, sizeof(e));
+  e.reason = VMM_EXIT_IO;
+  e.io.port = 0x700;
+  e.io.size = 1;
+  e.io.count = 1;
+  mock_push_exit(f->vcpu, &e);
+  vmm_exit_t out;
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
+  assert_int_equal(out.reason, VMM_EXIT_IO);
+  vmm_snapshot_t *s = NULL;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), VMM_ESTATE);
+  assert_null(s);
+  out.io.data = 1;
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0); /* Now delivered. */
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  vmm_snapshot_release(s);
+}
+
+static void test_vcpu_gap_is_refused(void **state) {
+  (void)state;
+  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
+  cfg.max_vcpus = 2;
+  vmm_vm_t *vm;
+  assert_int_equal(vmm__vm_create_with_ops(&cfg, &mock_backend_ops, &vm), 0);
+  vmm_vcpu_t *v;
+  assert_int_equal(vmm_vcpu_create(vm, 1, &v), 0);
+  vmm_snapshot_t *s = NULL;
+  assert_int_equal(vmm_vm_snapshot(vm, &s), VMM_EINVAL);
+  vmm_vm_destroy(vm);
+}
+
+static void test_full_restore_does_not_allocate_holes(void **state) {
+  (void)state;
+  vmm_vm_t *a = mock_vm_create(64u << 20), *b = mock_vm_create(64u << 20);
+  vmm_vcpu_t *v;
+  assert_int_equal(vmm_vcpu_create(a, 0, &v), 0);
+  assert_int_equal(vmm_vcpu_create(b, 0, &v), 0);
+  guest_write(a, 0x1000, 5);
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(a, &s), 0);
+  guest_write(b, 0x2000000, 9); /* A page that must become zero. */
+  assert_int_equal(vmm_vm_restore(b, s), 0);
+  assert_int_equal(peek(b, 0x1000), 5);
+  assert_int_equal(peek(b, 0x2000000), 0);
+  struct stat st;
+  assert_int_equal(fstat(vmm__region_find(b, 0, 1)->memfd, &st), 0);
+  assert_true(st.st_blocks * 512 < (1 << 20)); /* Not 64 MiB. */
+  vmm_snapshot_release(s);
+  vmm_vm_destroy(a);
+  vmm_vm_destroy(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_snapshot_and_roll_back, setup, teardown),
@@ -252,6 +347,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_snapshot_device_state, setup, teardown),
       cmocka_unit_test_setup_teardown(test_restore_refuses_mismatches, setup, teardown),
       cmocka_unit_test_setup_teardown(test_clone_shares_and_diverges, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_program_dirty_log_calls_do_not_hide_pages, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_failed_restore_then_restore_is_exact, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_snapshot_refused_while_caller_owes_a_value, setup, teardown),
+      cmocka_unit_test(test_vcpu_gap_is_refused),
+      cmocka_unit_test(test_full_restore_does_not_allocate_holes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -141,6 +141,9 @@ int vmm__kvm_get_state(vmm_vcpu_t *vcpu, vmm_cpu_state_t *st) {
     struct kvm_fpu f;
     KVM_DO(kv->fd, KVM_GET_FPU, &f);
     vmm_fxsave_from_fpu(st->xsave, &f);
+    /* XSTATE_BV: x87 and SSE are in the image (an XRSTOR elsewhere must not reset them). */
+    uint64_t bv = 3;
+    memcpy(st->xsave + 512, &bv, 8);
   }
   st->xcr0 = 1;
   if (k->has_xcrs) {
