@@ -241,7 +241,7 @@ int main(int argc, char **argv) {
   printf("%-42s %12s %12s %8s\n", "measure (median of runs)", "raw KVM", "libvmm", "ratio");
   printf("%-42s %10.2f us %10.2f us %8.3f\n", "PIO exit round trip (CPL0)", rp, ap, ap / rp);
   printf("%-42s %10.1f us %10.1f us %8.3f\n", "VM creation to first instruction", rc_, ac, ac / rc_);
-  if (kernels) printf("compute kernels: see bench_compute (run with --backend kvm)\n");
+  if (kernels) printf("compute kernels: run bench_bt (native, bt, kvm at CPL3, pv, qemu, Unicorn)\n");
   free(raw);
   free(api);
   close(kvm);

@@ -1,5 +1,5 @@
 /* The bt benchmark: the compute kernels of bench/kernels run natively, on bt, on kvm (CPL3),
- * under qemu-x86_64 and under Unicorn, in one invocation; prints medians and ratios to
+ * on pv, under qemu-x86_64 and under Unicorn, in one invocation; prints medians and ratios to
  * native, the hypercall round trip on bt and the translation speed.
  *   bench_bt [--runs N] [--scale F] [--only MODE,...]
  * Each run reports the nanoseconds its kernel took (clock_gettime natively and under
@@ -265,8 +265,8 @@ static uint64_t median(uint64_t *v, int n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-enum { M_NATIVE, M_BT, M_KVM, M_QEMU, M_UNICORN, M_COUNT };
-static const char *const mode_names[M_COUNT] = {"native", "bt", "kvm-cpl3", "qemu-x86_64",
+enum { M_NATIVE, M_BT, M_KVM, M_PV, M_QEMU, M_UNICORN, M_COUNT };
+static const char *const mode_names[M_COUNT] = {"native", "bt", "kvm-cpl3", "pv", "qemu-x86_64",
                                                 "unicorn"};
 
 int main(int argc, char **argv) {
@@ -281,7 +281,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
     else if (!strcmp(argv[i], "--no-hc")) no_hc = true;
     else {
-      fprintf(stderr, "usage: bench_bt [--runs N] [--scale F] [--only native,bt,kvm,qemu,unicorn] [--kernel int|mem|call] [--no-hc]\n");
+      fprintf(stderr, "usage: bench_bt [--runs N] [--scale F] [--only native,bt,kvm,pv,qemu,unicorn] [--kernel int|mem|call] [--no-hc]\n");
       return 2;
     }
   }
@@ -297,6 +297,7 @@ int main(int argc, char **argv) {
   enabled[M_NATIVE] = true;
   if (vmm_backend_probe(VMM_BACKEND_KVM) != 0) enabled[M_KVM] = false;
   if (vmm_backend_probe(VMM_BACKEND_BT) != 0) enabled[M_BT] = false;
+  if (vmm_backend_probe(VMM_BACKEND_PV) != 0) enabled[M_PV] = false;
   if (system("qemu-x86_64 --version > /dev/null 2>&1") != 0) enabled[M_QEMU] = false;
 #ifndef BENCH_HAVE_UNICORN
   enabled[M_UNICORN] = false;
@@ -327,6 +328,7 @@ int main(int argc, char **argv) {
           case M_QEMU: rc = run_native(kerns[k].name, iters, true, &chk, &ns); break;
           case M_BT: rc = run_vmm(VMM_BACKEND_BT, kerns[k].name, iters, &chk, &ns, &tot); break;
           case M_KVM: rc = run_vmm(VMM_BACKEND_KVM, kerns[k].name, iters, &chk, &ns, NULL); break;
+          case M_PV: rc = run_vmm(VMM_BACKEND_PV, kerns[k].name, iters, &chk, &ns, NULL); break;
 #ifdef BENCH_HAVE_UNICORN
           case M_UNICORN: rc = run_unicorn(kerns[k].name, iters, &chk, &ns); break;
 #endif
