@@ -39,6 +39,17 @@ static bool vmm_host_has_avx(void) {
   return (lo & 6) == 6;
 }
 
+void vmm__hypercall_page_port(uint8_t *page) {
+  for (uint32_t n = 0; n < VMM_HC_COUNT; n++) {
+    uint8_t *e = page + n * VMM_HC_ENTRY_SIZE;
+    e[0] = 0xb8;
+    memcpy(e + 1, &n, 4);
+    e[5] = 0xe7;
+    e[6] = VMM_HC_PORT;
+    e[7] = 0xc3;
+  }
+}
+
 int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
   uint8_t *page = vmm__gpa_ptr(vm, gpa, VMM_PAGE_SIZE);
   if (page == NULL) return VMM_EFAULT;

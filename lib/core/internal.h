@@ -206,6 +206,10 @@ void vmm__host_wrote(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
 /* Reads and clears a region's dirty log (backend and host writes); bitmap sized for it. */
 int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
 
+/* Reads a whole regular file of at most `max` bytes into a malloc'ed buffer (logged errors:
+ * VMM_EIO, VMM_ELIMIT, VMM_ENOMEM). */
+int vmm__read_file(const char *path, uint64_t max, uint8_t **out, size_t *out_size);
+
 /* Guest memory helpers for the core and backends; the caller holds no lock. */
 struct vmm_region *vmm__region_find(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);
 void *vmm__gpa_ptr(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);
@@ -222,6 +226,10 @@ void vmm__bus_free(vmm_vm_t *vm);
 /* Turns the exception stubs' port write into VMM_EXIT_EXCEPTION: 1 if it did, 0 if the write
  * did not come from a stub, or a negative VMM_E* code. */
 int vmm__exception_from_stub(vmm_vcpu_t *vcpu, vmm_exit_t *exit);
+
+/* Fills a hypercall page with port-trap entries (entry n: mov $n,%eax; out %eax,$VMM_HC_PORT;
+ * ret), the layout kvm and bt share. */
+void vmm__hypercall_page_port(uint8_t *page);
 
 /* The hypercall page: (re)written for the VM's backend. */
 int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa);

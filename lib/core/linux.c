@@ -207,55 +207,6 @@ size_t vmm__linux_e820(const vmm_vm_t *vm, struct vmm__e820 *out, size_t cap) {
   return n < cap ? n : cap;
 }
 
-/* ---- files ---- */
-
-int vmm__read_file(const char *path, uint64_t max, uint8_t **out, size_t *out_size) {
-  *out = NULL;
-  *out_size = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    VMM_LOG_E("cannot open %s: %s", path, strerror(errno));
-    return VMM_EIO;
-  }
-  struct stat st;
-  int rc = 0;
-  uint8_t *buf = NULL;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    VMM_LOG_E("%s is not a regular file", path);
-    rc = VMM_EIO;
-    goto out;
-  }
-  if ((uint64_t)st.st_size > max) {
-    VMM_LOG_E("%s (%lld bytes) is larger than the limit of %llu bytes", path,
-              (long long)st.st_size, (unsigned long long)max);
-    rc = VMM_ELIMIT;
-    goto out;
-  }
-  buf = malloc(st.st_size ? (size_t)st.st_size : 1);
-  if (buf == NULL) {
-    rc = VMM_ENOMEM;
-    goto out;
-  }
-  size_t done = 0;
-  while (done < (size_t)st.st_size) {
-    ssize_t n = read(fd, buf + done, (size_t)st.st_size - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      VMM_LOG_E("cannot read %s", path);
-      rc = VMM_EIO;
-      goto out;
-    }
-    done += (size_t)n;
-  }
-  *out = buf;
-  *out_size = done;
-  buf = NULL;
-out:
-  free(buf);
-  close(fd);
-  return rc;
-}
-
 /* ---- the loader ---- */
 
 struct vmm_linux_load {

@@ -107,7 +107,5 @@ int vmm__mptable_write(vmm_vm_t *vm, uint64_t gpa, uint32_t ncpus);
 /* Bytes the MP structures take for ncpus processors. */
 size_t vmm__mptable_size(uint32_t ncpus);
 
-/* Reads a whole regular file of at most max bytes. 0; VMM_EIO; VMM_ELIMIT; VMM_ENOMEM. */
-int vmm__read_file(const char *path, uint64_t max, uint8_t **out, size_t *out_size);
 
 #endif /* LIBVMM_CORE_LINUX_INTERNAL_H */

@@ -104,9 +104,9 @@ int vmm_load_elf(vmm_vm_t *vm, const void *data, size_t size, vmm_image_info_t *
   return 0;
 }
 
-int vmm_load_file(vmm_vm_t *vm, const char *path, int flat, uint64_t flat_gpa,
-                  vmm_image_info_t *info) {
-  if (vm == NULL || path == NULL) return VMM_EINVAL;
+int vmm__read_file(const char *path, uint64_t max, uint8_t **out, size_t *out_size) {
+  *out = NULL;
+  *out_size = 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     VMM_LOG_E("cannot open %s: %s", path, strerror(errno));
@@ -120,10 +120,9 @@ int vmm_load_file(vmm_vm_t *vm, const char *path, int flat, uint64_t flat_gpa,
     rc = VMM_EIO;
     goto out;
   }
-  uint64_t ram = 0;
-  for (size_t i = 0; i < vm->nregions; i++) ram += vm->regions[i]->size;
-  if ((uint64_t)st.st_size > ram) {
-    VMM_LOG_E("%s (%lld bytes) is larger than guest RAM", path, (long long)st.st_size);
+  if ((uint64_t)st.st_size > max) {
+    VMM_LOG_E("%s (%lld bytes) is larger than the limit of %llu bytes", path,
+              (long long)st.st_size, (unsigned long long)max);
     rc = VMM_ELIMIT;
     goto out;
   }
@@ -143,9 +142,27 @@ int vmm_load_file(vmm_vm_t *vm, const char *path, int flat, uint64_t flat_gpa,
     }
     done += (size_t)n;
   }
-  rc = flat ? vmm_load_flat(vm, flat_gpa, buf, done, info) : vmm_load_elf(vm, buf, done, info);
+  *out = buf;
+  *out_size = done;
+  buf = NULL;
 out:
   free(buf);
   close(fd);
+  return rc;
+}
+
+
+int vmm_load_file(vmm_vm_t *vm, const char *path, int flat, uint64_t flat_gpa,
+                  vmm_image_info_t *info) {
+  if (vm == NULL || path == NULL) return VMM_EINVAL;
+  /* An image larger than all of guest RAM cannot fit: refuse it before reading it. */
+  uint64_t ram = 0;
+  for (size_t i = 0; i < vm->nregions; i++) ram += vm->regions[i]->size;
+  uint8_t *buf;
+  size_t size;
+  int rc = vmm__read_file(path, ram, &buf, &size);
+  if (rc) return rc;
+  rc = flat ? vmm_load_flat(vm, flat_gpa, buf, size, info) : vmm_load_elf(vm, buf, size, info);
+  free(buf);
   return rc;
 }

@@ -49,7 +49,6 @@ _Static_assert(sizeof(struct snap_header) == SNAP_HEADER_SIZE, "header is 64 byt
 
 bool vmm__json_hex(const cJSON *j, uint64_t *out);
 
-static bool bit_get(const uint64_t *bm, uint64_t i) { return (bm[i / 64] >> (i % 64)) & 1; }
 
 static cJSON *hexstr(uint64_t v) {
   char b[24];
@@ -113,7 +112,7 @@ static int plan_chunks(const struct vmm_snapshot *s, size_t ri, bool full, struc
       if (full) {
         p = vmm__snap_page(s, ri, pg);
         have = p != NULL && !page_zero(p);
-      } else if (bit_get(r->present, pg)) {
+      } else if (vmm__snap_has(r, pg)) {
         p = r->map + pg * PAGE;
         have = true;
         zero = page_zero(p);
@@ -527,14 +526,11 @@ static int parse_chunks(struct loader *L, const cJSON *arr, struct vmm_snapshot 
     if (page >= r->npages || count > r->npages - page)
       BAD("%s: chunk %zu lies outside region %zu", L->path, idx, ri);
     for (uint64_t k = 0; k < count; k++)
-      if (bit_get(r->present, page + k)) BAD("%s: chunk %zu overlaps another chunk", L->path, idx);
+      if (vmm__snap_has(r, page + k)) BAD("%s: chunk %zu overlaps another chunk", L->path, idx);
     bool zero = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "zero"));
     if (zero) {
       if (r->full) BAD("%s: chunk %zu: zero chunks only belong in diff regions", L->path, idx);
-      for (uint64_t k = 0; k < count; k++) {
-        r->present[(page + k) / 64] |= 1ull << ((page + k) % 64);
-        r->own_pages++;
-      }
+      vmm__snap_mark(r, page, count);
       idx++;
       continue;
     }
@@ -557,10 +553,7 @@ static int parse_chunks(struct loader *L, const cJSON *arr, struct vmm_snapshot 
       VMM_LOG_E("snapshot %s: out of memory for chunk %zu", L->path, idx);
       return VMM_ENOMEM;
     }
-    for (uint64_t k = 0; k < count; k++) {
-      r->present[(page + k) / 64] |= 1ull << ((page + k) % 64);
-      r->own_pages++;
-    }
+    vmm__snap_mark(r, page, count);
     next_offset = offset + count * PAGE;
     idx++;
   }

@@ -23,7 +23,6 @@ static pthread_mutex_t vmm_snap_tree_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_uint_fast64_t vmm_snap_next_id = 1;
 
 static bool bit_get(const uint64_t *bm, uint64_t i) { return (bm[i / 64] >> (i % 64)) & 1; }
-static void bit_set(uint64_t *bm, uint64_t i) { bm[i / 64] |= 1ull << (i % 64); }
 static size_t bitmap_bytes(uint64_t npages) { return (size_t)((npages + 63) / 64 * 8); }
 
 /* ---- objects and the tree ---- */
@@ -64,10 +63,7 @@ int vmm__snap_region_init(struct vmm_snap_region *r, uint64_t gpa, uint64_t size
 
 void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *data) {
   memcpy(r->map + page * PAGE, data, PAGE);
-  if (!bit_get(r->present, page)) {
-    bit_set(r->present, page);
-    r->own_pages++;
-  }
+  vmm__snap_mark(r, page, 1);
 }
 
 static void vmm_snap_region_fini(struct vmm_snap_region *r) {
@@ -200,7 +196,7 @@ int vmm_snapshot_ram_regions(const vmm_snapshot_t *s, vmm_ram_region_t *out, siz
 const uint8_t *vmm__snap_page(const struct vmm_snapshot *s, size_t ri, uint64_t page) {
   for (; s; s = s->parent) {
     const struct vmm_snap_region *r = &s->regions[ri];
-    if (bit_get(r->present, page)) return r->map + page * PAGE;
+    if (vmm__snap_has(r, page)) return r->map + page * PAGE;
     if (r->full) return NULL;
   }
   return NULL;
@@ -398,19 +394,6 @@ static int vmm_snap_capture_full(struct vmm_region *live, struct vmm_snap_region
   return 0;
 }
 
-/* Dirty logging on every region; false when the backend cannot log. */
-static bool vmm_snap_enable_logging(vmm_vm_t *vm) {
-  for (size_t i = 0; i < vm->nregions; i++) {
-    int rc = vmm_vm_dirty_log_enable(vm, vm->regions[i]->gpa, 1);
-    if (rc != 0) {
-      VMM_LOG_I("snapshots: dirty logging unavailable on %s (%s): every snapshot and roll back "
-                "copies all of RAM", vm->ops->name, vmm_strerror(rc));
-      return false;
-    }
-  }
-  return true;
-}
-
 static bool vmm_snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s) {
   if (s == NULL || s->nregions != vm->nregions) return false;
   for (size_t i = 0; i < vm->nregions; i++)
@@ -439,6 +422,24 @@ static int vmm_snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out) {
   }
   *out = bm;
   return 0;
+}
+
+/* Turns dirty logging on for every region and empties the logs, so that they record what
+ * changes from now on; vm->dirty_all says whether that worked (the backend may lack it). */
+void vmm__snap_start_logging(vmm_vm_t *vm) {
+  vm->dirty_all = true;
+  for (size_t i = 0; i < vm->nregions && vm->dirty_all; i++) {
+    int rc = vmm_vm_dirty_log_enable(vm, vm->regions[i]->gpa, 1);
+    if (rc != 0) {
+      VMM_LOG_I("snapshots: dirty logging unavailable on %s (%s): every snapshot and roll back "
+                "copies all of RAM", vm->ops->name, vmm_strerror(rc));
+      vm->dirty_all = false;
+    }
+  }
+  for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
+    uint64_t *bm;
+    if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
+  }
 }
 
 int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
@@ -479,14 +480,8 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
       if (rc) goto fail;
     }
   }
-  if (!incremental) {
-    vm->dirty_all = vmm_snap_enable_logging(vm);
-    /* Start the log clean: this snapshot holds everything up to now. */
-    for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
-      uint64_t *bm;
-      if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
-    }
-  }
+  /* Start the log clean: this snapshot holds everything up to now. */
+  if (!incremental) vmm__snap_start_logging(vm);
   vmm__snap_link(s, base);
   vm->snap_base = vmm_snapshot_retain(s);
   vmm_snapshot_release(base);
@@ -502,7 +497,7 @@ fail:
 
 /* ---- restore ---- */
 
-static int vmm_snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t ***devs,
+int vmm__snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t ***devs,
                                   size_t *n) {
   *n = vmm__vm_devices(vm, devs);
   if (*n != s->ndevices) {
@@ -556,7 +551,17 @@ static void vmm_snap_write_page(struct vmm_region *live, const struct vmm_snapsh
   else if (!vmm_page_is_zero(dst)) memset(dst, 0, PAGE); /* Reading a hole allocates nothing. */
 }
 
-static int vmm_pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off);
+int vmm__pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off) {
+  while (len) {
+    ssize_t n = pwrite(fd, p, len, (off_t)off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    p += n;
+    off += (uint64_t)n;
+    len -= (uint64_t)n;
+  }
+  return 0;
+}
 
 /* Every page of a region as of the snapshot, without touching pages that are holes on both
  * sides: a page that must be zero is punched out of the memfd (never read, which would
@@ -596,7 +601,7 @@ static int vmm_snap_restore_full(struct vmm_region *live, const struct vmm_snaps
     }
     uint64_t n = 1;
     while (pg + n < npages && vmm__snap_page(s, ri, pg + n) == src + n * PAGE) n++;
-    if (vmm_pwrite_all(live->memfd, src, n * PAGE, pg * PAGE) != 0) return VMM_EIO;
+    if (vmm__pwrite_all(live->memfd, src, n * PAGE, pg * PAGE) != 0) return VMM_EIO;
     pg += n;
   }
   return 0;
@@ -638,18 +643,12 @@ static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
   }
   /* The log was read (and so cleared) above; the copies went through the VMM's mapping,
    * which no backend logs. Only a VM that was not logging needs to start now. */
-  if (!vm->dirty_all) {
-    vm->dirty_all = vmm_snap_enable_logging(vm);
-    for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
-      uint64_t *bm;
-      if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
-    }
-  }
+  if (!vm->dirty_all) vmm__snap_start_logging(vm);
   return 0;
 }
 
 /* CPU states, devices, the hypercall page of this VM's backend. */
-static int vmm_snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **devs,
+int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **devs,
                           size_t ndevs) {
   int rc;
   vm->exc_stubs_gpa = s->exc_stubs_gpa;
@@ -703,14 +702,14 @@ int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
   }
   vmm_device_t **devs = NULL;
   size_t ndevs = 0;
-  int rc = vmm_snap_check_devices(vm, s, &devs, &ndevs);
+  int rc = vmm__snap_check_devices(vm, s, &devs, &ndevs);
   for (uint32_t i = 0; rc == 0 && i < nvcpus; i++) {
     rc = vm->ops->flush_pending(vm->vcpus[i], &vm->vcpus[i]->cur);
     vm->vcpus[i]->cur.reason = VMM_EXIT_NONE;
   }
   if (rc == 0) {
     rc = vmm_snap_restore_memory(vm, s);
-    if (rc == 0) rc = vmm_snap_apply(vm, s, devs, ndevs);
+    if (rc == 0) rc = vmm__snap_apply(vm, s, devs, ndevs);
     /* Memory may be half restored and the logs consumed: nothing is known to match. */
     if (rc) vm->dirty_all = false;
   }
@@ -719,159 +718,5 @@ int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
   vmm_snapshot_t *old = vm->snap_base;
   vm->snap_base = vmm_snapshot_retain(s);
   vmm_snapshot_release(old);
-  return 0;
-}
-
-/* ---- clone ---- */
-
-static int vmm_pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off) {
-  while (len) {
-    ssize_t n = pwrite(fd, p, len, (off_t)off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return -1;
-    p += n;
-    off += (uint64_t)n;
-    len -= (uint64_t)n;
-  }
-  return 0;
-}
-
-/* The nearest full layer of region ri, and whether every layer above it is a diff. */
-static const struct vmm_snapshot *vmm_snap_full_layer(const struct vmm_snapshot *s, size_t ri) {
-  for (; s; s = s->parent)
-    if (s->regions[ri].full) return s;
-  return NULL;
-}
-
-static int vmm_snap_clone_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
-  for (size_t i = 0; i < s->nregions; i++) {
-    const struct vmm_snap_region *r = &s->regions[i];
-    const struct vmm_snapshot *full = vmm_snap_full_layer(s, i);
-    int rc = full ? vmm__vm_map_ram_cow(vm, r->gpa, r->size, r->flags, full->regions[i].fd)
-                  : VMM_ENOSYS;
-    if (rc == 0) {
-      /* Shared with the full layer; only the diff layers above it are copied. */
-      struct vmm_region *live = vmm__region_find(vm, r->gpa, r->size);
-      for (const struct vmm_snapshot *d = s; d != full; d = d->parent) {
-        const struct vmm_snap_region *dr = &d->regions[i];
-        for (uint64_t pg = 0; pg < dr->npages; pg++)
-          if (bit_get(dr->present, pg) && vmm__snap_page(s, i, pg) == dr->map + pg * PAGE)
-            memcpy(live->hva + pg * PAGE, dr->map + pg * PAGE, PAGE);
-      }
-      continue;
-    }
-    if (rc != VMM_ENOSYS) return rc;
-    /* The backend needs a shared memfd of its own: copy the stored pages into one. Runs of
-     * pages go in with one pwrite each, which fills the file without a page fault per page. */
-    rc = vmm_vm_map_ram(vm, r->gpa, r->size, r->flags, NULL);
-    if (rc) return rc;
-    struct vmm_region *live = vmm__region_find(vm, r->gpa, r->size);
-    uint64_t run_start = 0, run_len = 0;
-    const uint8_t *run_src = NULL;
-    for (uint64_t pg = 0; pg <= r->npages; pg++) {
-      const uint8_t *src = pg < r->npages ? vmm__snap_page(s, i, pg) : NULL;
-      if (run_len && (src == NULL || src != run_src + run_len * PAGE)) {
-        if (vmm_pwrite_all(live->memfd, run_src, run_len * PAGE, run_start * PAGE) != 0)
-          return VMM_EIO;
-        run_len = 0;
-      }
-      if (src && run_len == 0) {
-        run_start = pg;
-        run_src = src;
-      }
-      if (src) run_len++;
-    }
-  }
-  return 0;
-}
-
-/* Fills a new, empty VM from a snapshot; on failure the caller destroys the VM. */
-static int vmm_snap_clone_into(struct vmm_snapshot *s, vmm_vm_t *vm) {
-  int rc = vmm_snap_clone_memory(vm, s);
-  for (uint32_t i = 0; rc == 0 && i < s->nvcpus; i++) {
-    vmm_vcpu_t *v;
-    rc = vmm_vcpu_create(vm, i, &v);
-  }
-  if (rc == 0) vmm_vm_set_console(vm, s->console_fn, s->console_user_data);
-  for (size_t i = 0; rc == 0 && i < s->nhandlers; i++) {
-    const struct vmm_snap_handler *h = &s->handlers[i];
-    switch (h->kind) {
-      case VMM_HANDLER_PIO:
-        rc = vmm_vm_add_pio_handler(vm, (uint32_t)h->base, (uint32_t)h->len, h->io_fn,
-                                    h->user_data, NULL);
-        break;
-      case VMM_HANDLER_MMIO:
-        rc = vmm_vm_add_mmio_handler(vm, h->base, h->len, h->io_fn, h->user_data, NULL);
-        break;
-      case VMM_HANDLER_HYPERCALL:
-        rc = vmm_vm_add_hypercall_handler(vm, h->base, h->hc_fn, h->user_data, NULL);
-        break;
-    }
-  }
-  for (size_t i = 0; rc == 0 && i < s->ndevices; i++) {
-    const struct vmm_snap_device *d = &s->devices[i];
-    if (d->ops == NULL || d->ops->create_from_config == NULL || d->config == NULL) {
-      VMM_LOG_E("clone: device %s cannot be cloned", d->type);
-      return VMM_ENOSYS;
-    }
-    vmm_device_t *dev;
-    rc = d->ops->create_from_config(vm, d->config, &dev);
-  }
-  vmm_device_t **devs = NULL;
-  size_t ndevs = 0;
-  if (rc == 0) rc = vmm_snap_check_devices(vm, s, &devs, &ndevs);
-  if (rc == 0) rc = vmm_snap_apply(vm, s, devs, ndevs);
-  free(devs);
-  if (rc) return rc;
-  vm->dirty_all = vmm_snap_enable_logging(vm);
-  for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
-    uint64_t *bm;
-    if (vmm_snap_dirty(vm, i, &bm) == 0) free(bm);
-  }
-  vm->snap_base = vmm_snapshot_retain(s);
-  return 0;
-}
-
-int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out);
-int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out) {
-  vmm_vm_config_t vc = VMM_VM_CONFIG_INIT;
-  vc.max_vcpus = s->nvcpus ? s->nvcpus : 1;
-  int rc = vmm__vm_create_with_ops(&vc, ops, out);
-  if (rc) return rc;
-  rc = vmm_snap_clone_into(s, *out);
-  if (rc) {
-    vmm_vm_destroy(*out);
-    *out = NULL;
-  }
-  return rc;
-}
-
-int vmm_snapshot_clone(vmm_snapshot_t *s, const vmm_clone_config_t *config, vmm_vm_t **out) {
-  if (out) *out = NULL;
-  if (s == NULL || out == NULL) return VMM_EINVAL;
-  vmm_clone_config_t cfg = VMM_CLONE_CONFIG_INIT;
-  if (config) {
-    if (config->struct_size < sizeof(cfg) || config->flags) return VMM_EINVAL;
-    cfg = *config;
-  } else {
-    cfg.backend = vmm_backend_probe(s->backend) == 0 ? s->backend : VMM_BACKEND_AUTO;
-  }
-  if (s->from_file) {
-    VMM_LOG_E("clone: a snapshot loaded from a file has no device configuration; create the VM "
-              "and its devices and use vmm_vm_restore()");
-    return VMM_ESTATE;
-  }
-  vmm_vm_config_t vc = VMM_VM_CONFIG_INIT;
-  vc.backend = cfg.backend;
-  vc.max_vcpus = s->nvcpus ? s->nvcpus : 1;
-  vmm_vm_t *vm = NULL;
-  int rc = vmm_vm_create(&vc, &vm);
-  if (rc) return rc;
-  rc = vmm_snap_clone_into(s, vm);
-  if (rc) {
-    vmm_vm_destroy(vm);
-    return rc;
-  }
-  *out = vm;
   return 0;
 }

@@ -79,6 +79,29 @@ void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *
 /* Links a child into its parent's list (the child holds a reference on the parent). */
 void vmm__snap_link(struct vmm_snapshot *child, struct vmm_snapshot *parent);
 
+/* Whether a layer stores page `page`. */
+static inline bool vmm__snap_has(const struct vmm_snap_region *r, uint64_t page) {
+  return (r->present[page / 64] >> (page % 64)) & 1;
+}
+
+/* Records pages [page, page+count) as stored in a layer. */
+static inline void vmm__snap_mark(struct vmm_snap_region *r, uint64_t page, uint64_t count) {
+  for (uint64_t p = page; p < page + count; p++) {
+    if (vmm__snap_has(r, p)) continue;
+    r->present[p / 64] |= 1ull << (p % 64);
+    r->own_pages++;
+  }
+}
+
+/* Shared by snapshot.c and snapclone.c. */
+void vmm__snap_start_logging(vmm_vm_t *vm);
+int vmm__snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t ***devs,
+                            size_t *n);
+int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **devs,
+                    size_t ndevs);
+int vmm__pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off);
+int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out);
+
 /* The lock guarding the tree links, names, hashes and paths of all snapshots. */
 void vmm__snap_lock(void);
 void vmm__snap_unlock(void);

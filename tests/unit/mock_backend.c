@@ -169,3 +169,15 @@ void mock_push_exit(vmm_vcpu_t *vcpu, const vmm_exit_t *exit) {
   struct mock_vcpu *m = vcpu->backend_data;
   if (m->nscript < MOCK_MAX_EXITS) m->script[m->nscript++] = *exit;
 }
+
+vmm_exit_t mock_io_exit(uint16_t port, uint8_t size, int is_write, uint64_t data) {
+  vmm_exit_t e;
+  memset(&e, 0, sizeof(e));
+  e.reason = VMM_EXIT_IO;
+  e.io.port = port;
+  e.io.size = size;
+  e.io.is_write = (uint8_t)is_write;
+  e.io.count = 1;
+  e.io.data = data;
+  return e;
+}

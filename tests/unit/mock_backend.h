@@ -34,5 +34,7 @@ vmm_vm_t *mock_vm_create(uint64_t ram);
 struct mock_vcpu *mock_vcpu_of(vmm_vcpu_t *vcpu);
 struct mock_vm *mock_vm_of(vmm_vm_t *vm);
 void mock_push_exit(vmm_vcpu_t *vcpu, const vmm_exit_t *exit);
+/* A single-element port I/O exit as a backend would produce it. */
+vmm_exit_t mock_io_exit(uint16_t port, uint8_t size, int is_write, uint64_t data);
 
 #endif

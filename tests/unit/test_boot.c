@@ -149,13 +149,7 @@ static void test_exception_stub_becomes_exit(void **state) {
   m->state.cs.dpl = 0;
   m->state.cr2 = 0xdead000;
   m->state.regs.rbx = 77;
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = VMM_EXC_PORT;
-  e.io.size = 1;
-  e.io.is_write = 1;
-  e.io.count = 1;
+  vmm_exit_t e = mock_io_exit(VMM_EXC_PORT, 1, 1, 0);
   mock_push_exit(vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(vcpu, &out), 0);
@@ -185,13 +179,7 @@ static void test_exception_port_write_elsewhere_is_plain_io(void **state) {
   vmm_vcpu_t *vcpu;
   setup_vm(&vm, &vcpu, 0);
   mock_vcpu_of(vcpu)->state.regs.rip = 0x100020;
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = VMM_EXC_PORT;
-  e.io.size = 1;
-  e.io.is_write = 1;
-  e.io.count = 1;
+  vmm_exit_t e = mock_io_exit(VMM_EXC_PORT, 1, 1, 0);
   mock_push_exit(vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(vcpu, &out), 0);
@@ -208,13 +196,7 @@ static void test_exception_with_bad_frame_is_internal_error(void **state) {
   struct mock_vcpu *m = mock_vcpu_of(vcpu);
   m->state.regs.rip = VMM_EXC_STUBS_GPA + 6 * VMM_EXC_STUB_SIZE + 2; /* Past the OUT. */
   m->state.regs.rsp = 0x7ffffff0; /* Not RAM. */
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = VMM_EXC_PORT;
-  e.io.size = 1;
-  e.io.is_write = 1;
-  e.io.count = 1;
+  vmm_exit_t e = mock_io_exit(VMM_EXC_PORT, 1, 1, 0);
   mock_push_exit(vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(vcpu, &out), 0);

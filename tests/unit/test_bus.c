@@ -31,18 +31,6 @@ static int teardown(void **state) {
   return 0;
 }
 
-static vmm_exit_t io_exit(uint16_t port, uint8_t size, int is_write, uint64_t data) {
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = port;
-  e.io.size = size;
-  e.io.is_write = (uint8_t)is_write;
-  e.io.count = 1;
-  e.io.data = data;
-  return e;
-}
-
 struct io_log {
   uint64_t offsets[16];
   uint64_t values[16];
@@ -99,9 +87,9 @@ static void test_handled_io_never_reaches_caller(void **state) {
   struct fixture *f = *state;
   struct io_log l = {.reply = 0x1234, .ret = VMM_HANDLED};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x500, 4, log_io, &l, NULL), 0);
-  vmm_exit_t e = io_exit(0x502, 1, 1, 0xffffff77); /* Write: only the low byte is the value. */
+  vmm_exit_t e = mock_io_exit(0x502, 1, 1, 0xffffff77); /* Write: only the low byte is the value. */
   mock_push_exit(f->vcpu, &e);
-  e = io_exit(0x501, 2, 0, 0);
+  e = mock_io_exit(0x501, 2, 0, 0);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   memset(&out, 0, sizeof(out));
@@ -122,7 +110,7 @@ static void test_handled_io_never_reaches_caller(void **state) {
 
 static void test_unhandled_read_takes_value_from_caller(void **state) {
   struct fixture *f = *state;
-  vmm_exit_t e = io_exit(0x5ff, 1, 0, 0xff);
+  vmm_exit_t e = mock_io_exit(0x5ff, 1, 0, 0xff);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
@@ -140,7 +128,7 @@ static void test_handler_returning_unhandled_passes_exit(void **state) {
   struct fixture *f = *state;
   struct io_log l = {.ret = VMM_UNHANDLED};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x60, 1, log_io, &l, NULL), 0);
-  vmm_exit_t e = io_exit(0x60, 1, 1, 5);
+  vmm_exit_t e = mock_io_exit(0x60, 1, 1, 5);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
@@ -152,7 +140,7 @@ static void test_pio_access_past_window_is_not_the_handlers(void **state) {
   struct fixture *f = *state;
   struct io_log l = {.ret = VMM_HANDLED};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x80, 2, log_io, &l, NULL), 0);
-  vmm_exit_t e = io_exit(0x81, 4, 1, 5); /* Ports 0x81..0x84: only 0x81 is the handler's. */
+  vmm_exit_t e = mock_io_exit(0x81, 4, 1, 5); /* Ports 0x81..0x84: only 0x81 is the handler's. */
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
@@ -164,7 +152,7 @@ static void test_handler_error_ends_run_with_code(void **state) {
   struct fixture *f = *state;
   struct io_log l = {.ret = VMM_EIO};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x60, 1, log_io, &l, NULL), 0);
-  vmm_exit_t e = io_exit(0x60, 1, 1, 5);
+  vmm_exit_t e = mock_io_exit(0x60, 1, 1, 5);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), VMM_EIO);
@@ -175,12 +163,12 @@ static void test_string_io_dispatches_every_element(void **state) {
   struct io_log l = {.reply = 0xab, .ret = VMM_HANDLED};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x70, 1, log_io, &l, NULL), 0);
   uint8_t buf[3] = {1, 2, 3};
-  vmm_exit_t e = io_exit(0x70, 1, 1, 0);
+  vmm_exit_t e = mock_io_exit(0x70, 1, 1, 0);
   e.io.count = 3;
   e.io.buf = buf;
   mock_push_exit(f->vcpu, &e);
   uint8_t in[4] = {0, 0, 0, 0};
-  e = io_exit(0x70, 1, 0, 0);
+  e = mock_io_exit(0x70, 1, 0, 0);
   e.io.count = 4;
   e.io.buf = in;
   mock_push_exit(f->vcpu, &e);
@@ -319,7 +307,7 @@ static int stop_io(vmm_vcpu_t *vcpu, uint64_t offset, uint32_t size, int is_writ
 static void test_request_exit_from_handler(void **state) {
   struct fixture *f = *state;
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0xf4, 1, stop_io, NULL, NULL), 0);
-  vmm_exit_t e = io_exit(0xf4, 1, 1, 9);
+  vmm_exit_t e = mock_io_exit(0xf4, 1, 1, 9);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);

@@ -38,14 +38,7 @@ static int teardown(void **state) {
 
 /* Runs one port access through the core and returns what the guest would read. */
 static uint64_t pio(struct fixture *f, uint16_t port, int is_write, uint64_t v) {
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = port;
-  e.io.size = 1;
-  e.io.is_write = (uint8_t)is_write;
-  e.io.count = 1;
-  e.io.data = v;
+  vmm_exit_t e = mock_io_exit(port, 1, is_write, v);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
@@ -147,13 +140,7 @@ static void test_debugcon_and_destroy(void **state) {
   assert_int_equal(f->out_len, 1);
   vmm_device_destroy(d);
   /* After destroy the port is free and unclaimed writes reach the caller. */
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = 0xe9;
-  e.io.size = 1;
-  e.io.is_write = 1;
-  e.io.count = 1;
+  vmm_exit_t e = mock_io_exit(0xe9, 1, 1, 0);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
@@ -164,14 +151,7 @@ static void test_debugcon_and_destroy(void **state) {
 static void test_debug_exit_status(void **state) {
   struct fixture *f = *state;
   assert_int_equal(vmm_debug_exit_create(f->vm, 0, NULL), 0);
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = VMM_DEBUG_EXIT_PORT;
-  e.io.size = 1;
-  e.io.is_write = 1;
-  e.io.count = 1;
-  e.io.data = 0x21;
+  vmm_exit_t e = mock_io_exit(VMM_DEBUG_EXIT_PORT, 1, 1, 0x21);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);

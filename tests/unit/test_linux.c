@@ -618,14 +618,7 @@ static void test_setup_linux_errors(void **state) {
 /* ---- platform ---- */
 
 static vmm_exit_t io_exit(uint16_t port, int is_write, uint64_t data) {
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = port;
-  e.io.size = 1;
-  e.io.is_write = (uint8_t)is_write;
-  e.io.count = 1;
-  e.io.data = data;
+  vmm_exit_t e = mock_io_exit(port, 1, is_write, data);
   return e;
 }
 

@@ -148,12 +148,7 @@ static void test_snapshot_device_state(void **state) {
   vmm_uart_input(f->uart, "zzzzz", 5, &acc);
   assert_int_equal(vmm_vm_restore(f->vm, s), 0);
   /* The receive buffer is back to "abc": read through a scripted IO exit. */
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = 0x3f8;
-  e.io.size = 1;
-  e.io.count = 1;
+  vmm_exit_t e = mock_io_exit(0x3f8, 1, 0, 0);
   for (int i = 0; i < 4; i++) mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
@@ -196,7 +191,6 @@ static int counter_hc(vmm_vcpu_t *vcpu, uint64_t nr, const uint64_t args[6], uin
   return VMM_HANDLED;
 }
 
-int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out);
 
 static void test_clone_shares_and_diverges(void **state) {
   struct fixture *f = *state;
@@ -287,12 +281,7 @@ static void test_failed_restore_then_restore_is_exact(void **state) {
 
 static void test_snapshot_refused_while_caller_owes_a_value(void **state) {
   struct fixture *f = *state;
-  vmm_exit_t e;
-  memset(&e, 0, sizeof(e));
-  e.reason = VMM_EXIT_IO;
-  e.io.port = 0x700;
-  e.io.size = 1;
-  e.io.count = 1;
+  vmm_exit_t e = mock_io_exit(0x700, 1, 0, 0);
   mock_push_exit(f->vcpu, &e);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);

@@ -304,16 +304,8 @@ static void bt_region_remove(vmm_vm_t *vm, struct vmm_region *r) {
  * translator recognizes the OUT inside this page and turns it into a direct call of the
  * dispatcher, so a hypercall never leaves translated code for the slow path. */
 static int bt_fill_hypercall_page(vmm_vm_t *vm, uint64_t gpa, uint8_t *page) {
-  (void)vm;
   (void)gpa;
-  for (uint32_t n = 0; n < VMM_HC_COUNT; n++) {
-    uint8_t *e = page + n * VMM_HC_ENTRY_SIZE;
-    e[0] = 0xb8;
-    memcpy(e + 1, &n, 4);
-    e[5] = 0xe7;
-    e[6] = VMM_HC_PORT;
-    e[7] = 0xc3;
-  }
+  vmm__hypercall_page_port(page);
   atomic_fetch_add(&bt_vm(vm)->code_gen, 1);
   return 0;
 }

@@ -289,14 +289,7 @@ static int vmm_kvm_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *b
 static int vmm_kvm_fill_hypercall_page(vmm_vm_t *vm, uint64_t gpa, uint8_t *page) {
   (void)vm;
   (void)gpa;
-  for (uint32_t n = 0; n < VMM_HC_COUNT; n++) {
-    uint8_t *e = page + n * VMM_HC_ENTRY_SIZE;
-    e[0] = 0xb8;
-    memcpy(e + 1, &n, 4);
-    e[5] = 0xe7;
-    e[6] = VMM_HC_PORT;
-    e[7] = 0xc3;
-  }
+  vmm__hypercall_page_port(page);
   return 0;
 }
 
