@@ -205,7 +205,7 @@ struct bt_vcpu {
   size_t cache_size, cache_used;
   struct bt_block *blocks;
   uint32_t nblocks, blocks_cap;
-  int32_t *hash;
+  int32_t *hash; /* Buckets of block index + 1 (0: empty); chained through hash_next. */
   uint32_t hash_size;
   struct bt_map *maps;
   uint32_t nmaps, maps_cap;
@@ -279,6 +279,7 @@ extern const char vmm__bt_asm_text_start[], vmm__bt_asm_text_end[];
 
 /* ---- bt_mem.c ---- */
 int vmm__bt_mem_init(struct bt_vcpu *v);
+void vmm__bt_tables_init(struct bt_ctrl *c);
 void vmm__bt_mem_fini(struct bt_vcpu *v);
 void vmm__bt_window_flush(struct bt_vcpu *v);
 void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la);

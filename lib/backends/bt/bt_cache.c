@@ -50,12 +50,14 @@ int vmm__bt_cache_init(struct bt_vcpu *v) {
     v->cache_rw = v->cache_rx = p;
   }
   v->hash_size = BT_HASH_SIZE;
-  v->hash = malloc(v->hash_size * sizeof(*v->hash));
+  /* Buckets hold a block index + 1, so that calloc's fresh zero pages are empty buckets:
+   * writing the table out costs a page fault per page, which is most of a vCPU's creation
+   * on hosts where faults are dear. */
+  v->hash = calloc(v->hash_size, sizeof(*v->hash));
   if (v->hash == NULL) {
     vmm__bt_cache_fini(v);
     return VMM_ENOMEM;
   }
-  for (uint32_t i = 0; i < v->hash_size; i++) v->hash[i] = -1;
   return 0;
 }
 
@@ -80,13 +82,10 @@ static struct bt_table_entry *bt_table(struct bt_vcpu *v, unsigned cpl) {
 }
 
 static void bt_tables_clear(struct bt_vcpu *v) {
-  for (unsigned t = 0; t < 2; t++) {
-    struct bt_table_entry *e = bt_table(v, t ? 3 : 0);
-    for (size_t i = 0; i < (1u << BT_TABLE_BITS); i++) {
-      e[i].tag = BT_TAG_EMPTY;
-      e[i].host = 0;
-    }
-  }
+  uint8_t *t = (uint8_t *)v->ctrl + BT_C_TABLE0;
+  size_t len = BT_C_TABLE3 + BT_TABLE_BYTES - BT_C_TABLE0;
+  if (madvise(t, len, MADV_DONTNEED) != 0) memset(t, 0, len);
+  vmm__bt_tables_init(v->ctrl);
 }
 
 /* Empties the return cache: only the sentinel stays. Its entries point into the code cache,
@@ -100,6 +99,9 @@ void vmm__bt_shadow_reset(struct bt_vcpu *v) {
 
 void vmm__bt_cache_flush(struct bt_vcpu *v) {
   vmm__bt_shadow_reset(v);
+  v->stats.flushes++;
+  /* Nothing translated since the last flush: the tables are already empty. */
+  if (v->nblocks == 0 && v->cache_used == 0) return;
   /* With one vCPU nobody else needs the code pages protected; with more, over-protection
    * only costs extra write faults. */
   if (v->vcpu->vm->max_vcpus == 1) {
@@ -112,9 +114,8 @@ void vmm__bt_cache_flush(struct bt_vcpu *v) {
   v->nblocks = 0;
   v->nmaps = 0;
   v->ndescs = 0;
-  for (uint32_t i = 0; i < v->hash_size; i++) v->hash[i] = -1;
+  memset(v->hash, 0, v->hash_size * sizeof(*v->hash));
   bt_tables_clear(v);
-  v->stats.flushes++;
 }
 
 static uint32_t bt_hash(uint64_t rip, uint8_t mode) {
@@ -123,7 +124,7 @@ static uint32_t bt_hash(uint64_t rip, uint8_t mode) {
 }
 
 int32_t vmm__bt_block_lookup(struct bt_vcpu *v, uint64_t rip, uint8_t mode) {
-  for (int32_t i = v->hash[bt_hash(rip, mode) & (v->hash_size - 1)]; i >= 0;
+  for (int32_t i = v->hash[bt_hash(rip, mode) & (v->hash_size - 1)] - 1; i >= 0;
        i = v->blocks[i].hash_next) {
     const struct bt_block *b = &v->blocks[i];
     if (b->rip == rip && b->mode == mode && (b->flags & BT_BLK_VALID)) return i;
@@ -134,8 +135,8 @@ int32_t vmm__bt_block_lookup(struct bt_vcpu *v, uint64_t rip, uint8_t mode) {
 void vmm__bt_block_insert(struct bt_vcpu *v, int32_t idx) {
   struct bt_block *b = &v->blocks[idx];
   uint32_t h = bt_hash(b->rip, b->mode) & (v->hash_size - 1);
-  b->hash_next = v->hash[h];
-  v->hash[h] = idx;
+  b->hash_next = v->hash[h] - 1;
+  v->hash[h] = idx + 1;
   if (!(b->flags & BT_BLK_SINGLE)) {
     struct bt_table_entry *e = &bt_table(v, b->mode & 3)[b->rip & ((1u << BT_TABLE_BITS) - 1)];
     e->tag = b->rip;
@@ -145,13 +146,17 @@ void vmm__bt_block_insert(struct bt_vcpu *v, int32_t idx) {
 
 static void bt_hash_remove(struct bt_vcpu *v, int32_t idx) {
   struct bt_block *b = &v->blocks[idx];
-  int32_t *pp = &v->hash[bt_hash(b->rip, b->mode) & (v->hash_size - 1)];
-  while (*pp >= 0) {
-    if (*pp == idx) {
-      *pp = b->hash_next;
-      break;
+  /* The bucket holds index + 1; the chain links hold plain indices (-1 ends them). */
+  int32_t *bucket = &v->hash[bt_hash(b->rip, b->mode) & (v->hash_size - 1)];
+  if (*bucket == idx + 1) {
+    *bucket = b->hash_next + 1;
+  } else {
+    for (int32_t i = *bucket - 1; i >= 0; i = v->blocks[i].hash_next) {
+      if (v->blocks[i].hash_next == idx) {
+        v->blocks[i].hash_next = b->hash_next;
+        break;
+      }
     }
-    pp = &v->blocks[*pp].hash_next;
   }
   struct bt_table_entry *e = &bt_table(v, b->mode & 3)[b->rip & ((1u << BT_TABLE_BITS) - 1)];
   if (e->tag == b->rip && e->host == (uint64_t)(uintptr_t)(v->cache_rx + b->host_off)) {

@@ -49,6 +49,7 @@
 #define BT_C_TABLE0 0x100000  /* Inline lookup table for CPL0 code: 64K x {tag, host}. */
 #define BT_C_TABLE3 0x200000  /* Inline lookup table for CPL3 code. */
 #define BT_TABLE_BITS 16
+#define BT_TABLE_BYTES ((1 << BT_TABLE_BITS) * 16)
 /* Return cache: a stack of host return addresses used with real CALL/RET, so that returns are
  * predicted by the host's return-stack buffer. A guard page sits below it. */
 #define BT_C_SHADOW_GUARD 0x300000

@@ -30,6 +30,16 @@
 
 #define WINDOW_PAGES (BT_WINDOW_SIZE / VMM_PAGE_SIZE)
 
+/* The inline lookup tables start as the mapping's zero pages: an entry {tag 0, host 0} can
+ * only match guest RIP 0, and RIP 0 indexes entry 0, so entry 0 alone is marked empty. */
+void vmm__bt_tables_init(struct bt_ctrl *c) {
+  for (unsigned t = 0; t < 2; t++) {
+    struct bt_table_entry *e = (void *)((uint8_t *)c + (t ? BT_C_TABLE3 : BT_C_TABLE0));
+    e[0].tag = BT_TAG_EMPTY;
+    e[0].host = 0;
+  }
+}
+
 int vmm__bt_mem_init(struct bt_vcpu *v) {
   size_t span = BT_CTRL_SIZE + BT_GUARD_SIZE + BT_WINDOW_SIZE + BT_GUARD_SIZE;
   size_t reserve = span + BT_WINDOW_SIZE;
@@ -58,12 +68,7 @@ int vmm__bt_mem_init(struct bt_vcpu *v) {
     v->pstate = NULL;
     goto err;
   }
-  struct bt_table_entry *t0 = (void *)((uint8_t *)c + BT_C_TABLE0);
-  struct bt_table_entry *t3 = (void *)((uint8_t *)c + BT_C_TABLE3);
-  for (size_t i = 0; i < (1u << BT_TABLE_BITS); i++) {
-    t0[i].tag = t3[i].tag = BT_TAG_EMPTY;
-    t0[i].host = t3[i].host = 0;
-  }
+  vmm__bt_tables_init(v->ctrl);
   return 0;
 err:
   munmap(v->res, v->res_size);

@@ -172,23 +172,48 @@ static int bt_cpuid_build(struct bt_vm *bvm) {
 
 /* ---- VM ---- */
 
+/* The host's CPUID does not change while the process runs, and each CPUID instruction can
+ * cost microseconds where the host is itself virtualized: the table is built once and every
+ * VM starts from a copy. */
+static pthread_mutex_t bt_host_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct bt_vm bt_host; /* host_avx, host_xcr0, cpuid, ncpuid; built on first use. */
+
+static int bt_host_table(void) {
+  int rc = 0;
+  pthread_mutex_lock(&bt_host_lock);
+  if (bt_host.cpuid == NULL) {
+    bt_host.host_avx = bt_host_avx(&bt_host.host_xcr0);
+    rc = bt_cpuid_build(&bt_host);
+    if (rc) {
+      free(bt_host.cpuid);
+      bt_host.cpuid = NULL;
+      bt_host.ncpuid = 0;
+    }
+  }
+  pthread_mutex_unlock(&bt_host_lock);
+  return rc;
+}
+
 static int bt_vm_init(vmm_vm_t *vm) {
   int rc = vmm__bt_signals_init();
+  if (rc == 0) rc = bt_host_table();
   if (rc) return rc;
   struct bt_vm *bvm = calloc(1, sizeof(*bvm));
   if (bvm == NULL) return VMM_ENOMEM;
-  bvm->host_avx = bt_host_avx(&bvm->host_xcr0);
+  bvm->cpuid = malloc(bt_host.ncpuid * sizeof(*bvm->cpuid));
+  if (bvm->cpuid == NULL) {
+    free(bvm);
+    return VMM_ENOMEM;
+  }
+  memcpy(bvm->cpuid, bt_host.cpuid, bt_host.ncpuid * sizeof(*bvm->cpuid));
+  bvm->ncpuid = bt_host.ncpuid;
+  bvm->host_avx = bt_host.host_avx;
+  bvm->host_xcr0 = bt_host.host_xcr0;
   pthread_rwlockattr_t ra;
   pthread_rwlockattr_init(&ra);
   pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
   pthread_rwlock_init(&bvm->run_lock, &ra);
   pthread_rwlockattr_destroy(&ra);
-  rc = bt_cpuid_build(bvm);
-  if (rc) {
-    free(bvm->cpuid);
-    free(bvm);
-    return rc;
-  }
   vm->backend_data = bvm;
   return 0;
 }
