@@ -257,124 +257,69 @@ bool vmm__tx_is_seg_or_asz(uint8_t b) {
   return b == 0x26 || b == 0x2e || b == 0x36 || b == 0x3e || b == 0x64 || b == 0x65 || b == 0x67;
 }
 
-/* Copies the instruction with 65 67 in front of it (segment and address-size prefixes of the
- * guest dropped) and its memory operand redirected into the window. */
-bool vmm__tx_copy_mem(struct bt_tx *t, const ZydisDecodedOperand *mo) {
+/* Re-encodes the guest instruction with Zydis's encoder, its memory operand replaced by
+ * %gs:disp(base32, index32, scale) with 32-bit addressing: the window form. The guest's own
+ * segment prefix goes (a FS/GS base is folded into disp by the caller), every other prefix
+ * and operand stays as decoded. False when the encoder cannot express the result (for
+ * instance, longer than 15 bytes). */
+static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int base,
+                             int index, uint8_t scale, uint32_t disp) {
   const ZydisDecodedInstruction *z = t->z;
-  const uint8_t *in = t->bytes;
-  uint8_t out[32];
-  unsigned n = 0;
-  out[n++] = 0x65;
-  out[n++] = 0x67;
-  unsigned np = z->raw.prefix_count;
-  int rex_at = -1;
-  for (unsigned i = 0; i < np; i++) {
-    if (vmm__tx_is_seg_or_asz(in[i])) continue;
-    if ((in[i] & 0xf0) == 0x40) rex_at = (int)n;
-    out[n++] = in[i];
-  }
-  uint64_t sb = seg_base(t, mo->mem.segment);
-  bool riprel = mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP;
-  unsigned modrm_at = z->raw.modrm.offset;
-  unsigned disp_at = z->raw.disp.offset, disp_size = z->raw.disp.size / 8;
-  if (!(z->attributes & ZYDIS_ATTRIB_HAS_MODRM) || modrm_at < np) return false;
-  if (z->attributes & ZYDIS_ATTRIB_HAS_EVEX) return false;
-  bool fold = sb != 0;
-  if (!riprel && !fold) {
-    memcpy(out + n, in + np, z->length - np);
-    n += z->length - np;
-  } else {
-    unsigned after_addr = disp_size ? disp_at + disp_size
-                                    : modrm_at + 1 + ((z->attributes & ZYDIS_ATTRIB_HAS_SIB) ? 1 : 0);
-    /* opcode bytes (and VEX/XOP) up to ModRM */
-    unsigned vex_at = n;
-    memcpy(out + n, in + np, modrm_at - np);
-    n += modrm_at - np;
-    uint8_t modrm = in[modrm_at];
-    uint32_t d;
-    if (riprel) {
-      d = (uint32_t)(t->rip + z->length + (uint64_t)mo->mem.disp.value + sb);
-      out[n++] = (uint8_t)((modrm & 0x38) | 0x04);
-      out[n++] = 0x25;
-      /* The SIB's index field is "none" only with REX.X / VEX.X clear. */
-      if (rex_at >= 0) out[rex_at] &= (uint8_t)~0x02;
-      if (z->attributes & ZYDIS_ATTRIB_HAS_VEX) {
-        if (in[np] == 0xc4) out[vex_at + 1] |= 0x40;
-      } else if (z->attributes & ZYDIS_ATTRIB_HAS_XOP) {
-        return false;
-      }
-    } else {
-      d = (uint32_t)((uint64_t)(mo->mem.disp.has_displacement ? mo->mem.disp.value : 0) + sb);
-      out[n++] = (uint8_t)((modrm & 0x3f) | 0x80); /* mod = 10: disp32 */
-      if (z->attributes & ZYDIS_ATTRIB_HAS_SIB) out[n++] = in[z->raw.sib.offset];
-      if ((modrm >> 6) == 0 && (modrm & 7) == 4 && (in[z->raw.sib.offset] & 7) == 5) {
-        /* [index*s + disp32] with no base keeps mod = 00. */
-        out[n - 2] = (uint8_t)(modrm & 0x3f);
-      }
-    }
-    memcpy(out + n, &d, 4);
-    n += 4;
-    memcpy(out + n, in + after_addr, z->length - after_addr);
-    n += z->length - after_addr;
-  }
-  if (n > 15) return false;
+  size_t k = (size_t)(mo - t->ops);
+  /* EVEX (AVX-512) state is not part of what bt saves and restores. */
+  if (k >= z->operand_count_visible || (z->attributes & ZYDIS_ATTRIB_HAS_EVEX)) return false;
+  /* Without a register the encoder picks 64-bit addressing, which sign-extends disp32: the
+   * same address only below 2 GiB. Above, the caller goes through a scratch register. */
+  if (base < 0 && index < 0 && disp >= 0x80000000u) return false;
+  ZydisEncoderRequest req;
+  if (ZYAN_FAILED(ZydisEncoderDecodedInstructionToEncoderRequest(z, t->ops,
+                                                                 z->operand_count_visible, &req)))
+    return false;
+  ZydisEncoderOperand *o = &req.operands[k];
+  if (o->type != ZYDIS_OPERAND_TYPE_MEMORY) return false;
+  o->mem.base = base >= 0 ? (ZydisRegister)(ZYDIS_REGISTER_EAX + base) : ZYDIS_REGISTER_NONE;
+  o->mem.index = index >= 0 ? (ZydisRegister)(ZYDIS_REGISTER_EAX + index) : ZYDIS_REGISTER_NONE;
+  o->mem.scale = index >= 0 ? scale : 0;
+  o->mem.displacement = (int32_t)disp;
+  req.prefixes &= ~(ZydisInstructionAttributes)(
+      ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS | ZYDIS_ATTRIB_HAS_SEGMENT_DS |
+      ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS);
+  req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
+  req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+  uint8_t out[ZYDIS_MAX_INSTRUCTION_LENGTH];
+  ZyanUSize n = sizeof(out);
+  if (ZYAN_FAILED(ZydisEncoderEncodeInstruction(&req, out, &n))) return false;
   bt_ebytes(&t->b, out, n);
   return true;
+}
+
+/* Copies the instruction with its memory operand redirected into the window. */
+bool vmm__tx_copy_mem(struct bt_tx *t, const ZydisDecodedOperand *mo) {
+  struct bt_ea ea;
+  if (!vmm__tx_guest_ea(t, mo, 0, &ea)) return false;
+  return tx_encode_window(t, mo, ea.base, ea.index, (uint8_t)ea.scale, (uint32_t)ea.disp);
 }
 
 /* Fallback for instructions that would grow past 15 bytes: the address goes to a scratch
  * register first and the copy addresses %gs:(scratch32). */
 bool vmm__tx_copy_mem_scratch(struct bt_tx *t, const ZydisDecodedOperand *mo) {
   const ZydisDecodedInstruction *z = t->z;
-  const uint8_t *in = t->bytes;
-  if (z->attributes & (ZYDIS_ATTRIB_HAS_EVEX | ZYDIS_ATTRIB_HAS_XOP)) return false;
   int s = pick_scratch(regs_used(z, t->ops));
   if (s < 0 || (s & 7) == 4 || (s & 7) == 5) return false;
   struct bt_ea ea;
   if (!vmm__tx_guest_ea(t, mo, 0, &ea)) return false;
+  size_t mark = t->b.len;
   bt_e_store(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
   /* lea (32-bit addressing, 32-bit result) */
   ea.gs = false;
   static const uint8_t lea[] = {0x8d};
   bt_emit_rm(&t->b, 0, lea, 1, (unsigned)s, &ea);
-  uint8_t out[32];
-  unsigned n = 0, np = z->raw.prefix_count;
-  out[n++] = 0x65;
-  out[n++] = 0x67;
-  int rex_at = -1;
-  for (unsigned i = 0; i < np; i++) {
-    if (vmm__tx_is_seg_or_asz(in[i])) continue;
-    if ((in[i] & 0xf0) == 0x40) rex_at = (int)n;
-    out[n++] = in[i];
-  }
-  unsigned modrm_at = z->raw.modrm.offset;
-  unsigned after = z->raw.disp.size ? z->raw.disp.offset + z->raw.disp.size / 8
-                                    : modrm_at + 1 + ((z->attributes & ZYDIS_ATTRIB_HAS_SIB) ? 1 : 0);
-  unsigned vex_at = n;
-  memcpy(out + n, in + np, modrm_at - np);
-  n += modrm_at - np;
-  out[n++] = (uint8_t)((in[modrm_at] & 0x38) | (s & 7));
-  if (s & 8) {
-    if (rex_at >= 0) out[rex_at] |= 1;
-    else if (z->attributes & ZYDIS_ATTRIB_HAS_VEX) {
-      if (in[np] != 0xc4) return false;
-      out[vex_at + 1] &= (uint8_t)~0x20; /* VEX.B is inverted */
-    } else {
-      /* Insert a REX.B right before the opcode. */
-      memmove(out + vex_at + 1, out + vex_at, n - vex_at);
-      out[vex_at] = 0x41;
-      n++;
-    }
-  } else if (rex_at >= 0) {
-    out[rex_at] &= (uint8_t)~0x03;
-  } else if (z->attributes & ZYDIS_ATTRIB_HAS_VEX) {
-    if (in[np] == 0xc4) out[vex_at + 1] |= 0x60;
-  }
-  memcpy(out + n, in + after, z->length - after);
-  n += z->length - after;
-  if (n > 15) return false;
   vmm__tx_map(t, 1u << s);
-  bt_ebytes(&t->b, out, n);
+  if (!tx_encode_window(t, mo, s, -1, 1, 0)) {
+    t->b.len = mark;
+    if (t->v->nmaps) t->v->nmaps--;
+    return false;
+  }
   bt_e_load(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
   return true;
 }
