@@ -1,5 +1,6 @@
 /* Dirty-page logging on every backend that has it: a guest writes known pages; the log shows
- * them, and no page the guest did not touch. Also checks get-and-clear and host writes.
+ * them, and no page the guest did not touch; then it writes them again and the next log shows
+ * them again. Also checks get-and-clear and host writes.
  * usage: test_dirty --guest-dir DIR [--backend NAME]... ; exit 77 when nothing could run. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #define RAM (64ull << 20)
 #define NPAGES (RAM / 4096)
+#define HC_ROUND (VMM_HC_USER_BASE + 7)
 
 static int bit(const uint64_t *bm, uint64_t page) { return (bm[page / 64] >> (page % 64)) & 1; }
 
@@ -44,31 +46,42 @@ static int check_backend(vmm_backend_t b, const char *guest_dir) {
     printf("FAIL %s: enable/clear: %s\n", vmm_backend_name(b), vmm_strerror(rc));
     goto out;
   }
+  int bad = 0;
   vmm_exit_t e;
   memset(&e, 0, sizeof(e));
-  while ((rc = vmm_vcpu_run(vcpu, &e)) == 0 && e.reason != VMM_EXIT_GUEST_EXIT &&
-         e.reason != VMM_EXIT_EXCEPTION && e.reason != VMM_EXIT_INTERNAL_ERROR) {
-  }
-  if (rc != 0 || e.reason != VMM_EXIT_GUEST_EXIT) {
-    printf("FAIL %s: guest ended with %s\n", vmm_backend_name(b), vmm_exit_reason_name(e.reason));
-    goto out;
-  }
-  uint8_t host = 1;
-  vmm_vm_write(vm, 30ull << 20, &host, 1); /* A host write counts too. */
-  if ((rc = vmm_vm_dirty_log_get(vm, 0, bm, sizeof(bm))) != 0) {
-    printf("FAIL %s: get: %s\n", vmm_backend_name(b), vmm_strerror(rc));
-    goto out;
-  }
-  const uint64_t base = 0x400000 / 4096;
-  const unsigned want[] = {0, 1, 5, 100, 1000};
-  int bad = 0;
-  for (uint64_t p = base; p < (32ull << 20) / 4096; p++) {
-    int expected = p == (30ull << 20) / 4096;
-    for (unsigned i = 0; i < 5; i++) expected |= p == base + want[i];
-    if (bit(bm, p) != expected) {
-      if (bad++ < 5) printf("     page %#llx: dirty=%d, expected %d\n", (unsigned long long)p, bit(bm, p), expected);
+  for (int round = 0; round < 2 && !bad; round++) {
+    /* Round 0 ends at the guest's HC_ROUND hypercall, round 1 when the guest exits. */
+    while ((rc = vmm_vcpu_run(vcpu, &e)) == 0 && e.reason != VMM_EXIT_GUEST_EXIT &&
+           e.reason != VMM_EXIT_EXCEPTION && e.reason != VMM_EXIT_INTERNAL_ERROR &&
+           e.reason != VMM_EXIT_HYPERCALL) {
+    }
+    vmm_exit_reason_t want_exit = round == 0 ? VMM_EXIT_HYPERCALL : VMM_EXIT_GUEST_EXIT;
+    if (rc != 0 || e.reason != want_exit || (round == 0 && e.hypercall.nr != HC_ROUND)) {
+      printf("FAIL %s: round %d ended with %s\n", vmm_backend_name(b), round,
+             vmm_exit_reason_name(e.reason));
+      goto out;
+    }
+    if (round == 0) e.hypercall.result = 0;
+    uint8_t host = 1;
+    uint64_t host_gpa = (30ull << 20) + (uint64_t)round * 4096;
+    vmm_vm_write(vm, host_gpa, &host, 1); /* A host write counts too. */
+    if ((rc = vmm_vm_dirty_log_get(vm, 0, bm, sizeof(bm))) != 0) {
+      printf("FAIL %s: get: %s\n", vmm_backend_name(b), vmm_strerror(rc));
+      goto out;
+    }
+    const uint64_t base = 0x400000 / 4096;
+    const unsigned want[] = {0, 1, 5, 100, 1000};
+    for (uint64_t p = base; p < (32ull << 20) / 4096; p++) {
+      int expected = p == host_gpa / 4096;
+      for (unsigned i = 0; i < 5; i++) expected |= p == base + want[i];
+      if (bit(bm, p) != expected) {
+        if (bad++ < 5)
+          printf("     round %d, page %#llx: dirty=%d, expected %d\n", round,
+                 (unsigned long long)p, bit(bm, p), expected);
+      }
     }
   }
+  const uint64_t base = 0x400000 / 4096;
   /* The log was cleared by the read. */
   if (vmm_vm_dirty_log_get(vm, 0, bm, sizeof(bm)) == 0)
     for (uint64_t p = base; p < (32ull << 20) / 4096; p++) bad += bit(bm, p);

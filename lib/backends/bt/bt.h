@@ -198,6 +198,11 @@ struct bt_vcpu {
   uint8_t *pstate;      /* BT_PG_* per window page. */
   uint32_t *mapped_list; /* Page numbers with a non-zero pstate, for cheap flushes. */
   size_t nmapped, mapped_cap;
+  /* Pages mapped writable while their region logs dirty pages: reading the log write-protects
+   * just these instead of emptying the window. */
+  uint32_t *wlist;
+  size_t nwlist, wlist_cap;
+  bool wlist_overflow;
   bool has_super_pages;
 
   int cache_fd;
@@ -280,6 +285,7 @@ extern const char vmm__bt_asm_text_start[], vmm__bt_asm_text_end[];
 /* ---- bt_mem.c ---- */
 int vmm__bt_mem_init(struct bt_vcpu *v);
 void vmm__bt_tables_init(struct bt_ctrl *c);
+void vmm__bt_window_revoke_writes(struct bt_vcpu *v);
 void vmm__bt_mem_fini(struct bt_vcpu *v);
 void vmm__bt_window_flush(struct bt_vcpu *v);
 void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la);

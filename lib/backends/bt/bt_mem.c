@@ -80,6 +80,8 @@ void vmm__bt_mem_fini(struct bt_vcpu *v) {
   if (v->pstate) munmap(v->pstate, WINDOW_PAGES);
   if (v->res) munmap(v->res, v->res_size);
   free(v->mapped_list);
+  free(v->wlist);
+  v->wlist = NULL;
   v->pstate = NULL;
   v->res = NULL;
   v->mapped_list = NULL;
@@ -119,8 +121,48 @@ void vmm__bt_window_flush(struct bt_vcpu *v) {
     }
   }
   v->nmapped = 0;
+  v->nwlist = 0;
+  v->wlist_overflow = false;
   v->has_super_pages = false;
   v->stats.window_flushes++;
+}
+
+static void bt_note_writable(struct bt_vcpu *v, uint32_t page) {
+  if (v->wlist_overflow) return;
+  if (v->nwlist == v->wlist_cap) {
+    size_t cap = v->wlist_cap ? v->wlist_cap * 2 : 256;
+    uint32_t *n = cap <= (1u << 22) ? realloc(v->wlist, cap * sizeof(*n)) : NULL;
+    if (n == NULL) {
+      v->wlist_overflow = true; /* The next log read empties the window instead. */
+      return;
+    }
+    v->wlist = n;
+    v->wlist_cap = cap;
+  }
+  v->wlist[v->nwlist++] = page;
+}
+
+/* After a dirty-log read (every vCPU stopped): the pages that became writable since the last
+ * one are read-only again, so the next write to each faults and is logged. The rest of the
+ * window stays mapped. */
+void vmm__bt_window_revoke_writes(struct bt_vcpu *v) {
+  if (v->wlist_overflow) {
+    vmm__bt_window_flush(v);
+    return;
+  }
+  size_t i = 0;
+  while (i < v->nwlist) {
+    uint32_t first = v->wlist[i++];
+    if (!(v->pstate[first] & BT_PG_WRITE)) continue; /* unmapped or protected since */
+    uint32_t n = 1;
+    while (i < v->nwlist && v->wlist[i] == first + n && (v->pstate[first + n] & BT_PG_WRITE)) {
+      n++;
+      i++;
+    }
+    mprotect(v->window + (uint64_t)first * VMM_PAGE_SIZE, (size_t)n * VMM_PAGE_SIZE, PROT_READ);
+    for (uint32_t k = 0; k < n; k++) v->pstate[first + k] &= (uint8_t)~BT_PG_WRITE;
+  }
+  v->nwlist = 0;
 }
 
 void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la) {
@@ -334,6 +376,7 @@ enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc
     }
   }
   bt_note_mapped(v, (uint32_t)first, (uint32_t)n);
+  if (all_w && size == VMM_PAGE_SIZE && rd->logging) bt_note_writable(v, (uint32_t)first);
   v->stats.demand_maps++;
   return BT_MAP_OK;
 }

@@ -231,10 +231,11 @@ static size_t bt_bitmap_words(uint64_t size) { return (size_t)((size / VMM_PAGE_
 
 /* ---- dirty logging: write-protection and write faults, per 4 KiB page ---- */
 
-/* Runs fn with every vCPU of the VM outside guest code, their windows emptied (so that the
- * next write to any page faults again). Called with vm->lock held. */
+/* Runs fn with every vCPU of the VM outside guest code, their windows emptied (flush) or
+ * the pages made writable since the last log read protected again, so that the next write
+ * to any page faults again. Called with vm->lock held. */
 static void bt_with_vcpus_stopped(vmm_vm_t *vm, void (*fn)(struct vmm_region *, void *),
-                                  struct vmm_region *r, void *arg) {
+                                  struct vmm_region *r, void *arg, bool flush) {
   struct bt_vm *bvm = bt_vm(vm);
   struct bt_vcpu *self = vmm__bt_current();
   bool own = self && self->vcpu->vm == vm;
@@ -255,7 +256,10 @@ static void bt_with_vcpus_stopped(vmm_vm_t *vm, void (*fn)(struct vmm_region *, 
   }
   for (uint32_t i = 0; i < VMM_MAX_VCPUS; i++) {
     vmm_vcpu_t *c = vm->vcpus[i];
-    if (c && c->backend_data) vmm__bt_window_flush(bt_vcpu(c));
+    if (c && c->backend_data) {
+      if (flush) vmm__bt_window_flush(bt_vcpu(c));
+      else vmm__bt_window_revoke_writes(bt_vcpu(c));
+    }
   }
   fn(r, arg);
   pthread_rwlock_unlock(&bvm->run_lock);
@@ -275,7 +279,7 @@ static int bt_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) 
   } else if (enable) {
     memset(d->dirty, 0, bt_bitmap_words(r->size) * sizeof(uint64_t));
   }
-  bt_with_vcpus_stopped(vm, bt_log_switch, r, &enable);
+  bt_with_vcpus_stopped(vm, bt_log_switch, r, &enable, true);
   return 0;
 }
 
@@ -289,7 +293,7 @@ static void bt_log_collect(struct vmm_region *r, void *arg) {
 static int bt_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
   struct bt_region *d = r->backend_data;
   if (!d->logging || d->dirty == NULL) return VMM_ESTATE;
-  bt_with_vcpus_stopped(vm, bt_log_collect, r, bitmap);
+  bt_with_vcpus_stopped(vm, bt_log_collect, r, bitmap, false);
   return 0;
 }
 
