@@ -54,11 +54,17 @@ int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
   uint8_t *page = vmm__gpa_ptr(vm, gpa, VMM_PAGE_SIZE);
   if (page == NULL) return VMM_EFAULT;
   /* Unused space traps: int3 never reaches a handler the guest did not install. */
-  memset(page, 0xcc, VMM_PAGE_SIZE);
-  int rc = vm->ops->fill_hypercall_page(vm, gpa, page);
-  if (rc == 0) vm->hypercall_page_gpa = gpa;
-  vmm__host_wrote(vm, gpa, VMM_PAGE_SIZE);
-  return rc;
+  uint8_t fresh[VMM_PAGE_SIZE];
+  memset(fresh, 0xcc, VMM_PAGE_SIZE);
+  int rc = vm->ops->fill_hypercall_page(vm, gpa, fresh);
+  if (rc) return rc;
+  vm->hypercall_page_gpa = gpa;
+  /* A restore usually finds the page as it was: then nothing cached from it goes stale. */
+  if (memcmp(page, fresh, VMM_PAGE_SIZE) != 0) {
+    memcpy(page, fresh, VMM_PAGE_SIZE);
+    vmm__host_wrote(vm, gpa, VMM_PAGE_SIZE);
+  }
+  return 0;
 }
 
 static int vmm_write_page_tables(vmm_vm_t *vm, uint64_t span, bool user) {

@@ -104,8 +104,8 @@ struct vmm_backend_ops {
   /* Fills the 4 KiB hypercall page that will live at guest address gpa. */
   int (*fill_hypercall_page)(vmm_vm_t *vm, uint64_t gpa, uint8_t *page);
   int (*set_irq)(vmm_vm_t *vm, uint32_t irq, int level);
-  /* The VMM wrote [gpa, gpa+len) through vmm_vm_write(): translations of it are stale. May be
-   * NULL. Called on the writing thread, possibly while vCPUs run. */
+  /* The VMM wrote [gpa, gpa+len) through vmm_vm_write() or a snapshot restore: translations
+   * of it are stale. May be NULL. Called on the writing thread, possibly while vCPUs run. */
   void (*memory_written)(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
   /* Appends backend counters; returns how many it has (may exceed cap). */
   size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
@@ -167,6 +167,9 @@ struct vmm_vm {
   uint64_t next_device_seq;
   vmm_snapshot_t *snap_base;   /* Snapshot last taken or restored; pages dirty since then. */
   bool dirty_all;              /* Dirty logging is on for every region. */
+  /* A snapshot restore is setting vCPU states; every page it rewrote went through
+   * ops->memory_written, so backends may keep caches that do not depend on the state. */
+  bool restoring;
 
   uint64_t hypercall_page_gpa; /* 0 when none was installed. */
   uint64_t exc_stubs_gpa;      /* 0 when the exception stubs are not installed. */

@@ -630,10 +630,12 @@ static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
           uint64_t pg = w * 64 + (uint64_t)__builtin_ctzll(bits);
           bits &= bits - 1;
           vmm_snap_write_page(live, s, i, pg);
+          if (vm->ops->memory_written) vm->ops->memory_written(vm, live->gpa + pg * PAGE, PAGE);
         }
       }
     } else {
       int rc = vmm_snap_restore_full(live, s, i);
+      if (vm->ops->memory_written) vm->ops->memory_written(vm, live->gpa, live->size);
       if (rc) {
         free(want);
         return rc;
@@ -659,7 +661,9 @@ int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **d
   }
   for (uint32_t i = 0; i < s->nvcpus; i++) {
     vmm_vcpu_t *v = vm->vcpus[i];
+    vm->restoring = true;
     rc = vm->ops->set_state(v, &s->cpus[i]);
+    vm->restoring = false;
     if (rc) {
       VMM_LOG_E("restore: vCPU %u state refused by %s: %s", i, vm->ops->name, vmm_strerror(rc));
       return rc;

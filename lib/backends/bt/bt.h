@@ -157,6 +157,7 @@ struct bt_cpuid_entry {
 struct bt_region {
   uint64_t *code;   /* One bit per page: some vCPU translated code from it. */
   uint64_t *dirty;  /* One bit per page, while dirty logging is on. */
+  uint64_t *pt;     /* One bit per page: some vCPU's page walk read a table from it. */
   bool logging;
 };
 
@@ -170,6 +171,7 @@ struct bt_vm {
   pthread_rwlock_t run_lock;
   atomic_uint mem_gen;   /* Bumped when the memory map or write-protection policy changes. */
   atomic_uint code_gen;  /* Bumped when another vCPU must drop translations (SMC). */
+  uint64_t hc_gpa;       /* Where the hypercall page was last filled for (0: nowhere). */
 };
 
 /* Window page state, one byte per 4 KiB page of guest linear space. */

@@ -185,6 +185,16 @@ static uint64_t *bt_pte_ptr(struct bt_vcpu *v, uint64_t pa) {
   return (uint64_t *)vmm__bt_phys_ptr(v, pa, 8);
 }
 
+/* Remembers that pa holds a page table, so that a host write to it (a snapshot restore) drops
+ * the mappings built from it. */
+static void bt_mark_table_page(struct bt_vcpu *v, uint64_t pa) {
+  struct vmm_region *r = vmm__bt_region_of(v, pa);
+  if (r == NULL) return;
+  uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
+  uint64_t *w = &((struct bt_region *)r->backend_data)->pt[pg / 64], bit = 1ull << (pg % 64);
+  if (!(__atomic_load_n(w, __ATOMIC_RELAXED) & bit)) __atomic_fetch_or(w, bit, __ATOMIC_RELAXED);
+}
+
 int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, struct vmm__bt_walk *w) {
   const vmm_cpu_state_t *s = &v->sys;
   bool write = acc & 1, user = acc & 2, fetch = acc & 4;
@@ -201,6 +211,7 @@ int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, stru
     unsigned idx = (unsigned)((la >> (12 + 9 * level)) & 511);
     uint64_t *pe = bt_pte_ptr(v, table + idx * 8);
     if (pe == NULL) return BT_PF(err_base | PF_RSVD | PF_P);
+    bt_mark_table_page(v, table);
     e = __atomic_load_n(pe, __ATOMIC_RELAXED);
     if (!(e & PTE_P)) return BT_PF(err_base);
     if ((e & PTE_XD) && !nxe) return BT_PF(err_base | PF_RSVD | PF_P);

@@ -476,6 +476,22 @@ int vmm__bt_get_state(vmm_vcpu_t *vcpu, vmm_cpu_state_t *st) {
   return 0;
 }
 
+/* Whether translations and window mappings made under state a remain valid under b: the same
+ * segments, descriptor tables, control registers, EFER, XCR0, MSRs and debug registers
+ * (general registers, RFLAGS, CR2, CR8, TSC and the event fields do not matter). */
+static bool bt_same_translation_state(const vmm_cpu_state_t *a, const vmm_cpu_state_t *b,
+                                      uint64_t b_xcr0) {
+  const size_t from = offsetof(vmm_cpu_state_t, cs), to = offsetof(vmm_cpu_state_t, exception);
+  vmm_cpu_state_t x, y;
+  memcpy((uint8_t *)&x + from, (const uint8_t *)a + from, to - from);
+  memcpy((uint8_t *)&y + from, (const uint8_t *)b + from, to - from);
+  x.cr2 = y.cr2 = 0;
+  x.cr8 = y.cr8 = 0;
+  x.tsc = y.tsc = 0;
+  y.xcr0 = b_xcr0;
+  return memcmp((uint8_t *)&x + from, (uint8_t *)&y + from, to - from) == 0;
+}
+
 int vmm__bt_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
   struct bt_vcpu *v = bt_vcpu(vcpu);
   struct bt_ctrl *c = v->ctrl;
@@ -499,6 +515,10 @@ int vmm__bt_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
   }
   int rc = vmm__bt_complete_pending(v, &vcpu->cur);
   if (rc) return rc;
+  /* A snapshot restore tells the backend about every page it rewrote (memory_written); then
+   * translations and mappings stay unless the state they were made under changes. Any other
+   * caller may have changed memory behind the VMM's back (through vmm_vm_gpa_to_hva()). */
+  bool keep = vcpu->vm->restoring && bt_same_translation_state(&v->sys, st, xcr0);
   v->sys = *st;
   v->sys.struct_size = sizeof(v->sys);
   v->sys.xcr0 = xcr0;
@@ -533,10 +553,14 @@ int vmm__bt_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
     else memset(c->vec[i] + 16, 0, 16);
   }
   c->vec_avx = (xcr0 & 4) && v->bvm->host_avx;
-  /* The guest's memory may have changed too (a snapshot restore): translations and
-   * mappings go. Inside vcpu_run this happens when control returns to the dispatcher. */
-  v->flush_needed = true;
-  v->window_flush_needed = true;
+  /* Otherwise translations and mappings go. Inside vcpu_run this happens when control
+   * returns to the dispatcher. The return cache goes either way (its entries belong to the
+   * old stack). */
+  if (!keep) {
+    v->flush_needed = true;
+    v->window_flush_needed = true;
+  }
+  vmm__bt_shadow_reset(v);
   v->state_changed = true;
   v->smc_single = false;
   return 0;

@@ -305,7 +305,10 @@ static int bt_region_add(vmm_vm_t *vm, struct vmm_region *r) {
   struct bt_region *d = calloc(1, sizeof(*d));
   if (d == NULL) return VMM_ENOMEM;
   d->code = calloc(bt_bitmap_words(r->size), sizeof(uint64_t));
-  if (d->code == NULL) {
+  d->pt = calloc(bt_bitmap_words(r->size), sizeof(uint64_t));
+  if (d->code == NULL || d->pt == NULL) {
+    free(d->code);
+    free(d->pt);
     free(d);
     return VMM_ENOMEM;
   }
@@ -319,6 +322,7 @@ static void bt_region_remove(vmm_vm_t *vm, struct vmm_region *r) {
   struct bt_region *d = r->backend_data;
   if (d) {
     free(d->code);
+    free(d->pt);
     free(d->dirty);
     free(d);
   }
@@ -333,24 +337,32 @@ static void bt_region_remove(vmm_vm_t *vm, struct vmm_region *r) {
  * translator recognizes the OUT inside this page and turns it into a direct call of the
  * dispatcher, so a hypercall never leaves translated code for the slow path. */
 static int bt_fill_hypercall_page(vmm_vm_t *vm, uint64_t gpa, uint8_t *page) {
-  (void)gpa;
   vmm__hypercall_page_port(page);
-  atomic_fetch_add(&bt_vm(vm)->code_gen, 1);
+  /* Translations look at where the page is; its bytes are the core's to compare. */
+  struct bt_vm *bvm = bt_vm(vm);
+  if (gpa != bvm->hc_gpa) {
+    bvm->hc_gpa = gpa;
+    atomic_fetch_add(&bvm->code_gen, 1);
+  }
   return 0;
 }
 
 /* The VMM wrote guest memory behind the translator's back: if any of it holds translated
  * code, every vCPU drops its translations at its next entry into the dispatcher. */
+/* Host writes: translated code in the range drops the translations; page tables in it drop
+ * every vCPU's window and translations too (both cache the linear-to-physical map). */
 static void bt_memory_written(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
   struct vmm_region *r = vmm__region_find(vm, gpa, len);
   if (r == NULL || r->backend_data == NULL || len == 0) return;
   const struct bt_region *d = r->backend_data;
-  for (uint64_t pg = (gpa - r->gpa) / VMM_PAGE_SIZE; pg <= (gpa - r->gpa + len - 1) / VMM_PAGE_SIZE; pg++) {
-    if ((d->code[pg / 64] >> (pg % 64)) & 1) {
-      atomic_fetch_add(&bt_vm(vm)->code_gen, 1);
-      return;
-    }
+  bool code = false, pt = false;
+  for (uint64_t pg = (gpa - r->gpa) / VMM_PAGE_SIZE;
+       pg <= (gpa - r->gpa + len - 1) / VMM_PAGE_SIZE && !(code && pt); pg++) {
+    code |= (__atomic_load_n(&d->code[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
+    pt |= (__atomic_load_n(&d->pt[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
   }
+  if (pt) atomic_fetch_add(&bt_vm(vm)->mem_gen, 1);
+  if (code || pt) atomic_fetch_add(&bt_vm(vm)->code_gen, 1);
 }
 
 const struct vmm_backend_ops vmm__bt_ops = {
