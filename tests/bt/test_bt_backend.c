@@ -21,6 +21,7 @@
 #include <libvmm/vmm.h>
 
 extern const uint8_t prog_spin_start[], prog_spin_end[], prog_spin_mem_start[], prog_spin_mem_end[];
+extern const uint8_t prog_rollback_start[], prog_rollback_end[];
 extern const uint8_t prog_smc_start[], prog_smc_end[], prog_hcregs_start[], prog_hcregs_end[];
 extern const uint8_t prog_steps_start[], prog_steps_end[], prog_sandbox_start[], prog_sandbox_end[];
 extern const uint64_t prog_sandbox_table[];
@@ -455,6 +456,36 @@ static uint64_t stat_value(vmm_vcpu_t *vcpu, const char *name) {
   return UINT64_MAX;
 }
 
+/* Runs until the exit at port `port`. */
+static void run_to_port(struct run *r, uint16_t port) {
+  vmm_exit_t ex;
+  memset(&ex, 0, sizeof(ex));
+  do {
+    assert_int_equal(vmm_vcpu_run(r->vcpu, &ex), 0);
+    assert_int_equal(ex.reason, VMM_EXIT_IO);
+  } while (ex.io.port != port);
+}
+
+/* A restore keeps translations whose state did not change, so it must drop those of code the
+ * guest rewrote after the snapshot. */
+static void test_rollback_runs_restored_code(void **s) {
+  (void)s;
+  struct run r;
+  run_flat(&r, prog_rollback_start, prog_rollback_end);
+  run_to_port(&r, 0x81);
+  vmm_snapshot_t *snap;
+  assert_int_equal(vmm_vm_snapshot(r.vm, &snap), 0);
+  for (int round = 0; round < 3; round++) {
+    run_to_port(&r, 0x80);
+    vmm_regs_t regs;
+    assert_int_equal(vmm_vcpu_get_regs(r.vcpu, &regs), 0);
+    assert_int_equal(regs.rcx, 28);
+    assert_int_equal(vmm_vm_restore(r.vm, snap), 0);
+  }
+  vmm_snapshot_release(snap);
+  vmm_vm_destroy(r.vm);
+}
+
 static void test_small_code_cache_flushes_and_stays_correct(void **s) {
   (void)s;
   setenv("LIBVMM_BT_CACHE_KB", "16", 1);
@@ -603,6 +634,7 @@ int main(void) {
       cmocka_unit_test(test_sandbox_guest_never_touches_host_memory),
       cmocka_unit_test(test_kick_stops_tight_loop),
       cmocka_unit_test(test_smc_runs_new_code),
+      cmocka_unit_test(test_rollback_runs_restored_code),
       cmocka_unit_test(test_small_code_cache_flushes_and_stays_correct),
       cmocka_unit_test(test_state_moves_between_vms_mid_run),
       cmocka_unit_test(test_single_step_reports_each_instruction),

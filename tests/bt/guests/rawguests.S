@@ -36,6 +36,28 @@ PROG(smc)
 4:	DONE
 END(smc)
 
+/* Stops at port 0x81 (the test snapshots there), then runs a body on another page four
+ * times, patching its immediate from 1 to 9 after the first: rcx ends at 1 + 3 * 9 = 28. A
+ * run after rolling back to the snapshot must execute the restored bytes, not the cached
+ * translation of the patched ones (which would give 36). */
+PROG(rollback)
+	out	%al, $0x81
+	xor	%ecx, %ecx
+	xor	%edx, %edx
+1:	jmp	5f
+6:	inc	%edx
+	cmp	$1, %edx
+	jne	2f
+	movb	$9, 5f+1(%rip)
+2:	cmp	$4, %edx
+	jne	1b
+	DONE
+	.skip	4096
+5:	mov	$1, %eax
+	add	%rax, %rcx
+	jmp	6b
+END(rollback)
+
 /* Calls hypercall VMM_HC_NOP with every register set; the caller compares all but rax. */
 PROG(hcregs)
 	mov	$0x11000, %rax
