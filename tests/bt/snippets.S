@@ -244,6 +244,40 @@ SNIP(avx)
 	vzeroupper
 END(avx)
 
+/* AVX2 gathers: dword and qword elements, vector indices (some negative), a partial mask, a
+ * base register and none. */
+SNIP(gather)
+	movl	$1, 0x400(%r15)
+	movl	$7, 0x404(%r15)
+	movl	$-3, 0x408(%r15)
+	movl	$100, 0x40c(%r15)
+	movl	$0, 0x410(%r15)
+	movl	$31, 0x414(%r15)
+	movl	$5, 0x418(%r15)
+	movl	$-8, 0x41c(%r15)
+	vmovdqu	0x400(%r15), %ymm1
+	vpcmpeqd	%ymm2, %ymm2, %ymm2
+	vpxor	%ymm0, %ymm0, %ymm0
+	vpgatherdd	%ymm2, 0x100(%r15,%ymm1,4), %ymm0
+	vmovdqu	%ymm0, 0x440(%r15)
+	vmovdqu	%ymm2, 0x460(%r15)
+	vpcmpeqq	%ymm3, %ymm3, %ymm3
+	vpsrlq	$63, %ymm3, %ymm3
+	vpsllq	$63, %ymm3, %ymm3
+	vpblendd	$0x0c, 0x440(%r15), %ymm3, %ymm3
+	vmovdqu	0x480(%r15), %ymm4
+	vgatherdpd	%ymm3, 0x200(%r15,%xmm1,8), %ymm4
+	vmovupd	%ymm4, 0x4a0(%r15)
+	vmovdqu	%ymm3, 0x4c0(%r15)
+	vpmovsxdq	0x400(%r15), %ymm5
+	vpcmpeqd	%ymm6, %ymm6, %ymm6
+	vpxor	%xmm7, %xmm7, %xmm7
+	lea	0x300(%r15), %rax
+	vpgatherqd	%xmm6, (%rax,%ymm5,2), %xmm7
+	vmovdqu	%xmm7, 0x4e0(%r15)
+	vzeroupper
+END(gather)
+
 SNIP(fsgs)
 	mov	%fs:8, %rax
 	mov	%rax, %fs:16

@@ -19,7 +19,7 @@
 
 #define SNIPPETS(X) \
   X(alu_rr) X(alu_imm_mem) X(muldiv) X(shifts) X(strings) X(stack) X(riprel) X(branches) \
-  X(atomics) X(sse) X(avx) X(fsgs) X(misc)
+  X(atomics) X(sse) X(avx) X(gather) X(fsgs) X(misc)
 
 #define DECL(n) extern const uint8_t snip_##n##_start[], snip_##n##_end[];
 SNIPPETS(DECL)

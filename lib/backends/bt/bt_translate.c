@@ -67,7 +67,7 @@ static bool category_rejected(ZydisInstructionCategory c) {
     case ZYDIS_CATEGORY_PADLOCK: case ZYDIS_CATEGORY_AMD3DNOW: case ZYDIS_CATEGORY_CET:
     case ZYDIS_CATEGORY_PKU: case ZYDIS_CATEGORY_SMAP: case ZYDIS_CATEGORY_RDWRFSGS:
     case ZYDIS_CATEGORY_FMA4: case ZYDIS_CATEGORY_XOP: case ZYDIS_CATEGORY_TBM:
-    case ZYDIS_CATEGORY_AVX2GATHER: case ZYDIS_CATEGORY_GATHER: case ZYDIS_CATEGORY_SCATTER:
+    case ZYDIS_CATEGORY_GATHER: case ZYDIS_CATEGORY_SCATTER: /* AVX-512 forms */
       return true;
     default: return false;
   }
@@ -289,7 +289,8 @@ static bool tx_insn(struct bt_tx *t) {
   for (unsigned i = 0; i < z->operand_count; i++) {
     if (ops[i].type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
     if (ops[i].mem.type == ZYDIS_MEMOP_TYPE_AGEN) continue;
-    if (ops[i].mem.type != ZYDIS_MEMOP_TYPE_MEM) return false;
+    if (ops[i].mem.type != ZYDIS_MEMOP_TYPE_MEM && ops[i].mem.type != ZYDIS_MEMOP_TYPE_VSIB)
+      return false;
     if (ops[i].visibility != ZYDIS_OPERAND_VISIBILITY_EXPLICIT || mo != NULL) return false;
     mo = &ops[i];
   }
@@ -306,7 +307,7 @@ static bool tx_insn(struct bt_tx *t) {
     return true;
   }
   if (vmm__tx_copy_mem(t, mo)) return true;
-  return vmm__tx_copy_mem_scratch(t, mo);
+  return mo->mem.type == ZYDIS_MEMOP_TYPE_MEM && vmm__tx_copy_mem_scratch(t, mo);
 }
 
 /* ---- fetching ---- */

@@ -260,8 +260,9 @@ bool vmm__tx_is_seg_or_asz(uint8_t b) {
 /* Re-encodes the guest instruction with Zydis's encoder, its memory operand replaced by
  * %gs:disp(base32, index32, scale) with 32-bit addressing: the window form. The guest's own
  * segment prefix goes (a FS/GS base is folded into disp by the caller), every other prefix
- * and operand stays as decoded. False when the encoder cannot express the result (for
- * instance, longer than 15 bytes). */
+ * and operand stays as decoded. index -2 keeps the decoded index and scale (the vector index
+ * of a VSIB operand: with 32-bit addressing each element's address is 32-bit too). False
+ * when the encoder cannot express the result (for instance, longer than 15 bytes). */
 static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int base,
                              int index, uint8_t scale, uint32_t disp) {
   const ZydisDecodedInstruction *z = t->z;
@@ -278,8 +279,10 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
   ZydisEncoderOperand *o = &req.operands[k];
   if (o->type != ZYDIS_OPERAND_TYPE_MEMORY) return false;
   o->mem.base = base >= 0 ? (ZydisRegister)(ZYDIS_REGISTER_EAX + base) : ZYDIS_REGISTER_NONE;
-  o->mem.index = index >= 0 ? (ZydisRegister)(ZYDIS_REGISTER_EAX + index) : ZYDIS_REGISTER_NONE;
-  o->mem.scale = index >= 0 ? scale : 0;
+  if (index != -2) {
+    o->mem.index = index >= 0 ? (ZydisRegister)(ZYDIS_REGISTER_EAX + index) : ZYDIS_REGISTER_NONE;
+    o->mem.scale = index >= 0 ? scale : 0;
+  }
   o->mem.displacement = (int32_t)disp;
   req.prefixes &= ~(ZydisInstructionAttributes)(
       ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS | ZYDIS_ATTRIB_HAS_SEGMENT_DS |
@@ -295,6 +298,15 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
 
 /* Copies the instruction with its memory operand redirected into the window. */
 bool vmm__tx_copy_mem(struct bt_tx *t, const ZydisDecodedOperand *mo) {
+  if (mo->mem.type == ZYDIS_MEMOP_TYPE_VSIB) {
+    /* AVX2 gathers: a general base (or none) and a vector index. */
+    int b = vmm__tx_gpr_num(mo->mem.base);
+    if (b < -1 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
+      return false;
+    uint64_t sb = seg_base(t, mo->mem.segment);
+    uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
+    return tx_encode_window(t, mo, b, -2, 0, (uint32_t)(disp + sb));
+  }
   struct bt_ea ea;
   if (!vmm__tx_guest_ea(t, mo, 0, &ea)) return false;
   return tx_encode_window(t, mo, ea.base, ea.index, (uint8_t)ea.scale, (uint32_t)ea.disp);

@@ -136,6 +136,12 @@ a14:	mov	(%rdi), %rax			/* a read: must not see the canary */
 	DONE
 a15:	mov	%rdi, %rsp
 	ret
+a16:	vpxor	%ymm1, %ymm1, %ymm1		/* a gather based at the host address */
+	vpcmpeqd	%ymm2, %ymm2, %ymm2
+	vpxor	%ymm0, %ymm0, %ymm0
+	vpgatherdd	%ymm2, (%rdi,%ymm1,1), %ymm0
+	vmovq	%xmm0, %rax
+	DONE
 	.p2align 3
 	.globl	prog_sandbox_table
 prog_sandbox_table:
@@ -144,7 +150,7 @@ prog_sandbox_table:
 	.quad	a6 - prog_sandbox_start, a7 - prog_sandbox_start, a8 - prog_sandbox_start
 	.quad	a9 - prog_sandbox_start, a10 - prog_sandbox_start, a11 - prog_sandbox_start
 	.quad	a12 - prog_sandbox_start, a13 - prog_sandbox_start, a14 - prog_sandbox_start
-	.quad	a15 - prog_sandbox_start
+	.quad	a15 - prog_sandbox_start, a16 - prog_sandbox_start
 	.quad	-1
 END(sandbox)
 
