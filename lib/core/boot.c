@@ -29,7 +29,7 @@ static const vmm_segment_t vmm_seg_user_data = {
     .base = 0, .limit = 0xffffffff, .selector = VMM_SEL_USER_DS, .type = 0x3, .present = 1,
     .dpl = 3, .db = 1, .s = 1, .l = 0, .g = 1};
 
-static bool vmm_host_has_avx(void) {
+static bool vmm_host_probe_avx(void) {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
   bool osxsave = c & (1u << 27), avx = c & (1u << 28);
@@ -37,6 +37,18 @@ static bool vmm_host_has_avx(void) {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (lo & 6) == 6;
+}
+
+/* CPUID can cost microseconds where the host is virtualized; the answer does not change. Two
+ * threads racing here both compute the same value. */
+static bool vmm_host_has_avx(void) {
+  static int known = -1;
+  int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+  if (v < 0) {
+    v = vmm_host_probe_avx();
+    __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+  }
+  return v != 0;
 }
 
 void vmm__hypercall_page_port(uint8_t *page) {
