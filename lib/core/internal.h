@@ -167,8 +167,9 @@ struct vmm_vm {
   uint64_t next_device_seq;
   vmm_snapshot_t *snap_base;   /* Snapshot last taken or restored; pages dirty since then. */
   bool dirty_all;              /* Dirty logging is on for every region. */
-  /* A snapshot restore is setting vCPU states; every page it rewrote went through
-   * ops->memory_written, so backends may keep caches that do not depend on the state. */
+  /* A snapshot restore is rewriting memory and vCPU states; every page it rewrites goes
+   * through ops->memory_written, so backends may keep caches that do not depend on the state
+   * (and must drop those that depend on page tables it rewrote). */
   bool restoring;
 
   uint64_t hypercall_page_gpa; /* 0 when none was installed. */

@@ -661,9 +661,7 @@ int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **d
   }
   for (uint32_t i = 0; i < s->nvcpus; i++) {
     vmm_vcpu_t *v = vm->vcpus[i];
-    vm->restoring = true;
     rc = vm->ops->set_state(v, &s->cpus[i]);
-    vm->restoring = false;
     if (rc) {
       VMM_LOG_E("restore: vCPU %u state refused by %s: %s", i, vm->ops->name, vmm_strerror(rc));
       return rc;
@@ -712,8 +710,10 @@ int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
     vm->vcpus[i]->cur.reason = VMM_EXIT_NONE;
   }
   if (rc == 0) {
+    vm->restoring = true;
     rc = vmm_snap_restore_memory(vm, s);
     if (rc == 0) rc = vmm__snap_apply(vm, s, devs, ndevs);
+    vm->restoring = false;
     /* Memory may be half restored and the logs consumed: nothing is known to match. */
     if (rc) vm->dirty_all = false;
   }

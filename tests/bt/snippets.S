@@ -245,7 +245,7 @@ SNIP(avx)
 END(avx)
 
 /* AVX2 gathers: dword and qword elements, vector indices (some negative), a partial mask, a
- * base register and none. */
+ * base register and none (absolute 0x10000100: BTH_DATA + 0x100). */
 SNIP(gather)
 	movl	$1, 0x400(%r15)
 	movl	$7, 0x404(%r15)
@@ -275,6 +275,12 @@ SNIP(gather)
 	lea	0x300(%r15), %rax
 	vpgatherqd	%xmm6, (%rax,%ymm5,2), %xmm7
 	vmovdqu	%xmm7, 0x4e0(%r15)
+	/* No base register: an absolute displacement (the data area, see bt_harness.h) plus the
+	 * vector index. */
+	vpcmpeqd	%ymm2, %ymm2, %ymm2
+	vpxor	%ymm0, %ymm0, %ymm0
+	vpgatherdd	%ymm2, 0x10000100(,%ymm1,4), %ymm0
+	vmovdqu	%ymm0, 0x500(%r15)
 	vzeroupper
 END(gather)
 

@@ -12,7 +12,8 @@
 /* ---- the control area (mirrors bt_layout.h) ---- */
 
 struct bt_table_entry {
-  uint64_t tag;  /* Guest RIP, or BT_TAG_EMPTY. */
+  uint64_t tag;  /* Guest RIP; when empty, a RIP that does not index the entry (see
+                  * vmm__bt_tables_init). */
   uint64_t host; /* Host address of the block. */
 };
 #define BT_TAG_EMPTY (~0ull)

@@ -159,7 +159,12 @@ void vmm__bt_window_revoke_writes(struct bt_vcpu *v) {
       n++;
       i++;
     }
-    mprotect(v->window + (uint64_t)first * VMM_PAGE_SIZE, (size_t)n * VMM_PAGE_SIZE, PROT_READ);
+    if (mprotect(v->window + (uint64_t)first * VMM_PAGE_SIZE, (size_t)n * VMM_PAGE_SIZE,
+                 PROT_READ) != 0) {
+      /* Out of mappings (the protection splits them): empty the window instead. */
+      vmm__bt_window_flush(v);
+      return;
+    }
     for (uint32_t k = 0; k < n; k++) v->pstate[first + k] &= (uint8_t)~BT_PG_WRITE;
   }
   v->nwlist = 0;

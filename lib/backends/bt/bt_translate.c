@@ -307,7 +307,7 @@ static bool tx_insn(struct bt_tx *t) {
     return true;
   }
   if (vmm__tx_copy_mem(t, mo)) return true;
-  return mo->mem.type == ZYDIS_MEMOP_TYPE_MEM && vmm__tx_copy_mem_scratch(t, mo);
+  return vmm__tx_copy_mem_scratch(t, mo);
 }
 
 /* ---- fetching ---- */

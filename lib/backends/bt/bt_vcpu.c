@@ -519,6 +519,12 @@ int vmm__bt_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *st) {
    * translations and mappings stay unless the state they were made under changes. Any other
    * caller may have changed memory behind the VMM's back (through vmm_vm_gpa_to_hva()). */
   bool keep = vcpu->vm->restoring && bt_same_translation_state(&v->sys, st, xcr0);
+  /* Translations recognize hypercalls by where the page is: a restore may have removed it
+   * without filling a new one. */
+  if (v->bvm->hc_gpa != vcpu->vm->hypercall_page_gpa) {
+    v->bvm->hc_gpa = vcpu->vm->hypercall_page_gpa;
+    atomic_fetch_add(&v->bvm->code_gen, 1);
+  }
   v->sys = *st;
   v->sys.struct_size = sizeof(v->sys);
   v->sys.xcr0 = xcr0;

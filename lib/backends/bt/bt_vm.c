@@ -349,8 +349,10 @@ static int bt_fill_hypercall_page(vmm_vm_t *vm, uint64_t gpa, uint8_t *page) {
 
 /* The VMM wrote guest memory behind the translator's back: if any of it holds translated
  * code, every vCPU drops its translations at its next entry into the dispatcher. */
-/* Host writes: translated code in the range drops the translations; page tables in it drop
- * every vCPU's window and translations too (both cache the linear-to-physical map). */
+/* Host writes: translated code in the range drops the translations. During a snapshot restore
+ * page tables in it drop every vCPU's window and translations too (both cache the
+ * linear-to-physical map, and the restore's set_state keeps them otherwise); other host writes
+ * to page tables take effect, as on a CPU, when the guest invalidates its TLB. */
 static void bt_memory_written(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
   struct vmm_region *r = vmm__region_find(vm, gpa, len);
   if (r == NULL || r->backend_data == NULL || len == 0) return;
@@ -359,7 +361,7 @@ static void bt_memory_written(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
   for (uint64_t pg = (gpa - r->gpa) / VMM_PAGE_SIZE;
        pg <= (gpa - r->gpa + len - 1) / VMM_PAGE_SIZE && !(code && pt); pg++) {
     code |= (__atomic_load_n(&d->code[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
-    pt |= (__atomic_load_n(&d->pt[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
+    pt |= vm->restoring && ((__atomic_load_n(&d->pt[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1);
   }
   if (pt) atomic_fetch_add(&bt_vm(vm)->mem_gen, 1);
   if (code || pt) atomic_fetch_add(&bt_vm(vm)->code_gen, 1);

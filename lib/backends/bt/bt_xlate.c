@@ -292,6 +292,15 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
   uint8_t out[ZYDIS_MAX_INSTRUCTION_LENGTH];
   ZyanUSize n = sizeof(out);
   if (ZYAN_FAILED(ZydisEncoderEncodeInstruction(&req, out, &n))) return false;
+  /* The sandbox rests on the result: decode it again and insist on 32-bit addressing (or the
+   * register-free form below 2 GiB, the same address either way). */
+  ZydisDecoder dec;
+  ZydisDecodedInstruction chk;
+  if (ZYAN_FAILED(ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64)) ||
+      ZYAN_FAILED(ZydisDecoderDecodeInstruction(&dec, NULL, out, n, &chk)) || chk.length != n ||
+      chk.mnemonic != z->mnemonic || !(chk.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_GS) ||
+      (chk.address_width != 32 && !(base < 0 && index == -1)))
+    return false;
   bt_ebytes(&t->b, out, n);
   return true;
 }
@@ -299,9 +308,10 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
 /* Copies the instruction with its memory operand redirected into the window. */
 bool vmm__tx_copy_mem(struct bt_tx *t, const ZydisDecodedOperand *mo) {
   if (mo->mem.type == ZYDIS_MEMOP_TYPE_VSIB) {
-    /* AVX2 gathers: a general base (or none) and a vector index. */
+    /* AVX2 gathers: a general base and a vector index. Without a base the encoder would use
+     * 64-bit addressing; that form goes through a scratch base register instead. */
     int b = vmm__tx_gpr_num(mo->mem.base);
-    if (b < -1 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
+    if (b < 0 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
       return false;
     uint64_t sb = seg_base(t, mo->mem.segment);
     uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
@@ -312,14 +322,25 @@ bool vmm__tx_copy_mem(struct bt_tx *t, const ZydisDecodedOperand *mo) {
   return tx_encode_window(t, mo, ea.base, ea.index, (uint8_t)ea.scale, (uint32_t)ea.disp);
 }
 
-/* Fallback for instructions that would grow past 15 bytes: the address goes to a scratch
- * register first and the copy addresses %gs:(scratch32). */
+/* Fallback for instructions that would grow past 15 bytes, and for gathers without a base:
+ * the address (for a gather, its scalar part) goes to a scratch register first and the copy
+ * addresses %gs:(scratch32) (plus the vector index). */
 bool vmm__tx_copy_mem_scratch(struct bt_tx *t, const ZydisDecodedOperand *mo) {
   const ZydisDecodedInstruction *z = t->z;
   int s = pick_scratch(regs_used(z, t->ops));
   if (s < 0 || (s & 7) == 4 || (s & 7) == 5) return false;
+  bool vsib = mo->mem.type == ZYDIS_MEMOP_TYPE_VSIB;
   struct bt_ea ea;
-  if (!vmm__tx_guest_ea(t, mo, 0, &ea)) return false;
+  if (vsib) {
+    int b = vmm__tx_gpr_num(mo->mem.base);
+    if (b < -1 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
+      return false;
+    uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
+    ea = (struct bt_ea){.base = b, .index = -1, .scale = 1, .a32 = true,
+                        .disp = (int32_t)(uint32_t)(disp + seg_base(t, mo->mem.segment))};
+  } else if (!vmm__tx_guest_ea(t, mo, 0, &ea)) {
+    return false;
+  }
   size_t mark = t->b.len;
   bt_e_store(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
   /* lea (32-bit addressing, 32-bit result) */
@@ -327,7 +348,7 @@ bool vmm__tx_copy_mem_scratch(struct bt_tx *t, const ZydisDecodedOperand *mo) {
   static const uint8_t lea[] = {0x8d};
   bt_emit_rm(&t->b, 0, lea, 1, (unsigned)s, &ea);
   vmm__tx_map(t, 1u << s);
-  if (!tx_encode_window(t, mo, s, -1, 1, 0)) {
+  if (!tx_encode_window(t, mo, s, vsib ? -2 : -1, 1, 0)) {
     t->b.len = mark;
     if (t->v->nmaps) t->v->nmaps--;
     return false;

@@ -58,6 +58,18 @@ PROG(rollback)
 	jmp	6b
 END(rollback)
 
+/* Runs a one-byte block at 0x10ffff (inline lookup slot 0xffff), rewrites it so that its
+ * entry is dropped, then jumps to RIP ~0, which also indexes slot 0xffff: the dropped entry
+ * must not match, and the guest gets a fault instead of the host jumping nowhere. */
+PROG(emptyslot)
+	mov	$0x10ffff, %ebx
+	movb	$0xc3, (%rbx)
+	call	*%rbx
+	movb	$0xc3, (%rbx)
+	mov	$-1, %rax
+	jmp	*%rax
+END(emptyslot)
+
 /* Calls hypercall VMM_HC_NOP with every register set; the caller compares all but rax. */
 PROG(hcregs)
 	mov	$0x11000, %rax
@@ -142,6 +154,14 @@ a16:	vpxor	%ymm1, %ymm1, %ymm1		/* a gather based at the host address */
 	vpgatherdd	%ymm2, (%rdi,%ymm1,1), %ymm0
 	vmovq	%xmm0, %rax
 	DONE
+a17:	mov	$-0x400000, %rax		/* a base-less gather reaching below the window */
+	vmovq	%rax, %xmm1
+	vpbroadcastq	%xmm1, %ymm1
+	vpcmpeqd	%ymm2, %ymm2, %ymm2
+	vpxor	%ymm0, %ymm0, %ymm0
+	vpgatherqq	%ymm2, 0(,%ymm1,1), %ymm0
+	vmovq	%xmm0, %rax
+	DONE
 	.p2align 3
 	.globl	prog_sandbox_table
 prog_sandbox_table:
@@ -150,7 +170,7 @@ prog_sandbox_table:
 	.quad	a6 - prog_sandbox_start, a7 - prog_sandbox_start, a8 - prog_sandbox_start
 	.quad	a9 - prog_sandbox_start, a10 - prog_sandbox_start, a11 - prog_sandbox_start
 	.quad	a12 - prog_sandbox_start, a13 - prog_sandbox_start, a14 - prog_sandbox_start
-	.quad	a15 - prog_sandbox_start, a16 - prog_sandbox_start
+	.quad	a15 - prog_sandbox_start, a16 - prog_sandbox_start, a17 - prog_sandbox_start
 	.quad	-1
 END(sandbox)
 
