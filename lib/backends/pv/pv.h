@@ -23,6 +23,10 @@
 
 #define VMM_PV_RFLAGS_VIRT (VMM_RFLAGS_IF | VMM_RFLAGS_IOPL3)
 
+/* FS and GS bases a process may have (the kernel's TASK_SIZE_MAX with 4-level paging). */
+#define VMM_PV_BASE_LIMIT 0x7ffffffff000ull
+static inline bool vmm__pv_base_ok(uint64_t base) { return base < VMM_PV_BASE_LIMIT; }
+
 struct vmm_pv_vm {
   uint64_t map_floor; /* Lowest address the sandbox can map (mmap_min_addr). */
 };

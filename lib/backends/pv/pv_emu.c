@@ -28,8 +28,14 @@ static int vmm_pv_mem_read(void *ctx, uint64_t la, void *buf, size_t len) {
   return vmm_vm_read(ctx, la, buf, len);
 }
 
+/* Writes by emulated guest instructions (INS, and MOVs to RAM the sandbox cannot map): read-
+ * only RAM keeps its contents, as ROM does (vmm_vm_write is the host's and writes anything). */
 static int vmm_pv_mem_write(void *ctx, uint64_t la, const void *buf, size_t len) {
-  return vmm_vm_write(ctx, la, buf, len);
+  vmm_vm_t *vm = ctx;
+  if (len == 0) return 0;
+  const struct vmm_region *a = vmm__region_find(vm, la, 1), *b = vmm__region_find(vm, la + len - 1, 1);
+  if ((a && (a->flags & VMM_MEM_READONLY)) || (b && (b->flags & VMM_MEM_READONLY))) return 0;
+  return vmm_vm_write(vm, la, buf, len);
 }
 
 static void vmm_pv_regs_to_emu(const vmm_regs_t *r, uint64_t fs, uint64_t gs,
@@ -207,7 +213,8 @@ static bool vmm_pv_msr_access(struct vmm_pv_vcpu *pv, vmm_regs_t *r, bool write)
     switch (index) {
       case 0xc0000100:
       case 0xc0000101:
-        if (!vmm__canonical(v)) return false;
+        /* The host kernel sets only lower-half bases for a process (see docs/pv.md). */
+        if (!vmm__pv_base_ok(v)) return false;
         if (index == 0xc0000100) pv->ur.fs_base = v;
         else pv->ur.gs_base = v;
         return true;
@@ -268,8 +275,8 @@ static int vmm_pv_fault(vmm_vcpu_t *vcpu, const siginfo_t *si, const struct vmm_
   uint32_t err = (si->si_code == SEGV_ACCERR ? 1u : 0u) | (write ? 2u : 0u) |
                  (cpl3 ? 4u : 0u) | (fetch ? 0x10u : 0u);
   struct vmm_region *r = vmm__region_find(vm, addr, 1);
-  bool low_ram = r && addr < vmm__pv_map_floor();
   bool rom_write = r && (r->flags & VMM_MEM_READONLY) && write;
+  bool low_ram = r && addr < vmm__pv_map_floor() && !rom_write;
   bool mmio = !r && addr < vmm_pv_idmap_span(vm);
   if (fetch || !(low_ram || rom_write || mmio)) return vmm_pv_page_fault(pv, exit, addr, err);
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -155,7 +156,23 @@ static void vmm_pv_tsc_decide(void) {
   char *argv[] = {(char *)VMM_PV_STUB_NAME, (char *)VMM_PV_STUB_ARG_TSC_TEST, NULL};
   pid_t pid;
   int st;
-  if (vmm_pv_spawn_argv(argv, -1, &pid) != 0 || vmm__pv_wait(pid, &st) != 0) return;
+  if (vmm_pv_spawn_argv(argv, -1, &pid) != 0) return;
+  /* It ends within microseconds; one that does not (stopped, stuck) is killed after 5 s. */
+  int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+  if (pfd >= 0) {
+    struct pollfd p = {.fd = pfd, .events = POLLIN};
+    int pr;
+    do {
+      pr = poll(&p, 1, 5000);
+    } while (pr < 0 && errno == EINTR);
+    close(pfd);
+    if (pr == 0) {
+      VMM_LOG_W("pv: the RDTSC test stub did not finish; assuming RDTSC can be made to fault");
+      vmm_pv_reap(pid);
+      return;
+    }
+  }
+  if (vmm__pv_wait(pid, &st) != 0) return;
   if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
     vmm_pv_trap_tsc = false;
     VMM_LOG_I("pv: this host does not make RDTSC fault (PR_SET_TSC has no effect): pv guests "
@@ -200,8 +217,15 @@ uint64_t vmm__pv_thread_token(void) {
 bool vmm__pv_dirty_supported(void) { return atomic_load(&vmm_pv_dirty_ok); }
 
 /* The stub's first message: its userfaultfd, or none. Returns the fd, -1 without one, or -2
- * when the stub is gone. */
+ * when the stub is gone or silent: a stub stopped or stuck before it speaks must not hang the
+ * VMM (it sends its hello within microseconds of starting; the wait allows for loaded hosts). */
 static int vmm_pv_recv_hello(int sock) {
+  struct pollfd pfd = {.fd = sock, .events = POLLIN};
+  int pr;
+  do {
+    pr = poll(&pfd, 1, 5000);
+  } while (pr < 0 && errno == EINTR);
+  if (pr <= 0) return -2;
   struct vmm_pv_hello hello;
   union {
     struct cmsghdr h;

@@ -127,9 +127,18 @@ int vmm__pv_push(struct vmm_pv_vcpu *pv) {
       int rc = vmm__pv_getregs(pv);
       if (rc) return rc;
     }
+    if (!vmm__pv_base_ok(pv->st.fs.base) || !vmm__pv_base_ok(pv->st.gs.base)) {
+      /* Set natively with WRFSBASE/WRGSBASE: the kernel refuses to give it back. The host
+       * can go on after vmm_vcpu_set_state() with bases in range. */
+      VMM_LOG_E("pv: FS/GS base %#llx/%#llx is outside [0, %#llx), which the host kernel "
+                "cannot restore to a process",
+                (unsigned long long)pv->st.fs.base, (unsigned long long)pv->st.gs.base,
+                (unsigned long long)VMM_PV_BASE_LIMIT);
+      return VMM_EINVAL;
+    }
     vmm__pv_regs_to_ur(&pv->st.regs, &pv->ur);
-    pv->ur.fs_base = vmm__canonical(pv->st.fs.base) ? pv->st.fs.base : 0;
-    pv->ur.gs_base = vmm__canonical(pv->st.gs.base) ? pv->st.gs.base : 0;
+    pv->ur.fs_base = pv->st.fs.base;
+    pv->ur.gs_base = pv->st.gs.base;
     if (ptrace(PTRACE_SETREGS, pv->pid, 0, &pv->ur) != 0)
       return vmm__pv_ptrace_failed(pv, "PTRACE_SETREGS");
     pv->regs_dirty = false;
@@ -228,9 +237,12 @@ int vmm__pv_set_state(vmm_vcpu_t *vcpu, const vmm_cpu_state_t *in) {
               in->cs.l, (unsigned long long)in->efer, (unsigned long long)in->cr0);
     return VMM_ENOSYS;
   }
-  if (!vmm__canonical(in->regs.rip) || !vmm__canonical(in->fs.base) ||
-      !vmm__canonical(in->gs.base)) {
-    VMM_LOG_E("pv: refusing a CPU state with a non-canonical RIP or segment base");
+  if (!vmm__canonical(in->regs.rip) || !vmm__pv_base_ok(in->fs.base) ||
+      !vmm__pv_base_ok(in->gs.base)) {
+    VMM_LOG_E("pv: refusing a CPU state with a non-canonical RIP or an FS/GS base outside "
+              "[0, %#llx) (rip %#llx, fs %#llx, gs %#llx)",
+              (unsigned long long)VMM_PV_BASE_LIMIT, (unsigned long long)in->regs.rip,
+              (unsigned long long)in->fs.base, (unsigned long long)in->gs.base);
     return VMM_EINVAL;
   }
   int rc = vmm__pv_flush_pending(vcpu, &vcpu->cur);

@@ -176,6 +176,10 @@ void vmm_pv_stub_main(const long *sp) {
     die(VMM_PV_STUB_EXIT_SETUP);
   struct rlimit no_core = {0, 0};
   if (sys3(__NR_setrlimit, RLIMIT_CORE, (long)&no_core, 0) != 0) die(VMM_PV_STUB_EXIT_SETUP);
+  /* The guest runs on this process's memory map: it must not grow the stack mapping into
+   * host memory beyond its RAM (the stub itself needs a few KiB of stack). */
+  struct rlimit small_stack = {256 << 10, 256 << 10};
+  if (sys3(__NR_setrlimit, RLIMIT_STACK, (long)&small_stack, 0) != 0) die(VMM_PV_STUB_EXIT_SETUP);
   send_hello();
   install_filter();
 

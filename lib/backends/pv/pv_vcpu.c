@@ -234,9 +234,11 @@ static int vmm_pv_on_syscall(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
     if (rc < 0) return rc;
     if (rc == 1 && !vcpu->exit_requested) {
       /* The entry pops its result from the slot it pushed: no register write needed. */
-      uint64_t *slot = vmm__gpa_ptr(vm, si.stack_pointer, 8);
-      if (slot) {
+      struct vmm_region *sr = vmm__region_find(vm, si.stack_pointer, 8);
+      if (sr && !(sr->flags & VMM_MEM_READONLY)) {
+        uint64_t *slot = (uint64_t *)(sr->hva + (si.stack_pointer - sr->gpa));
         __atomic_store_n(slot, exit->hypercall.result, __ATOMIC_RELAXED);
+        vmm__host_wrote(vm, si.stack_pointer, 8); /* for dirty logs: the guest may not have */
         return 0;
       }
     }
