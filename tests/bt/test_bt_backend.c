@@ -23,6 +23,7 @@
 extern const uint8_t prog_spin_start[], prog_spin_end[], prog_spin_mem_start[], prog_spin_mem_end[];
 extern const uint8_t prog_rollback_start[], prog_rollback_end[];
 extern const uint8_t prog_emptyslot_start[], prog_emptyslot_end[];
+extern const uint8_t prog_fxrstor_start[], prog_fxrstor_end[];
 extern const uint8_t prog_smc_start[], prog_smc_end[], prog_hcregs_start[], prog_hcregs_end[];
 extern const uint8_t prog_steps_start[], prog_steps_end[], prog_sandbox_start[], prog_sandbox_end[];
 extern const uint64_t prog_sandbox_table[];
@@ -489,6 +490,33 @@ static void test_rollback_runs_restored_code(void **s) {
   vmm_vm_destroy(r.vm);
 }
 
+/* The guest's x87 state and the host's stay apart even when FXRSTOR/FXSAVE are the only x87
+ * instructions the guest runs. */
+static void test_guest_x87_state_stays_in_the_guest(void **s) {
+  (void)s;
+  volatile long double secret = 1234.5L;
+  secret = secret * 3.0L; /* leaves x87 registers in use on the host */
+  struct run r;
+  run_flat(&r, prog_fxrstor_start, prog_fxrstor_end);
+  vmm_exit_t ex;
+  run_until(&r, &ex, NULL);
+  assert_int_equal(ex.reason, VMM_EXIT_IO);
+  uint16_t cw = 0, sw = 0;
+  __asm__ volatile("fnstcw %0" : "=m"(cw));
+  __asm__ volatile("fnstsw %0" : "=m"(sw));
+  assert_int_equal(cw, 0x37f);
+  assert_int_equal(sw & 0xff, 0);
+  volatile long double x = 3.0L;
+  x = x / 7.0L; /* would raise SIGFPE with the guest's control word */
+  assert_true(x > 0.4L && x < 0.5L);
+  /* What the guest stored is its own state: FCW 0, FSW 0x81. */
+  uint16_t img[2];
+  assert_int_equal(vmm_vm_read(r.vm, 0x200200, img, sizeof(img)), 0);
+  assert_int_equal(img[0] & 0x3f, 0); /* bit 6 reads as 1 on some CPUs */
+  assert_int_equal(img[1] & 0xff, 0x81);
+  vmm_vm_destroy(r.vm);
+}
+
 static void test_dropped_lookup_entry_never_matches(void **s) {
   (void)s;
   struct run r;
@@ -650,6 +678,7 @@ int main(void) {
       cmocka_unit_test(test_smc_runs_new_code),
       cmocka_unit_test(test_rollback_runs_restored_code),
       cmocka_unit_test(test_dropped_lookup_entry_never_matches),
+      cmocka_unit_test(test_guest_x87_state_stays_in_the_guest),
       cmocka_unit_test(test_small_code_cache_flushes_and_stays_correct),
       cmocka_unit_test(test_state_moves_between_vms_mid_run),
       cmocka_unit_test(test_single_step_reports_each_instruction),

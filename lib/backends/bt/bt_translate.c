@@ -84,9 +84,14 @@ static bool touches_sys_flags(const ZydisDecodedInstruction *z) {
   return ((f->tested | f->modified | f->set_0 | f->set_1) & BT_SYS_FLAGS) != 0;
 }
 
+/* Instructions that read or write the x87/MMX state: before the first one the guest and the
+ * host share that state untouched, so each must turn on its switching (FXSAVE and FXRSTOR
+ * included: they would otherwise show the guest the host's registers, or load the guest's
+ * control word into the host). */
 static bool is_x87_or_mmx(const ZydisDecodedInstruction *z, const ZydisDecodedOperand *ops) {
   if (z->meta.category == ZYDIS_CATEGORY_X87_ALU || z->meta.category == ZYDIS_CATEGORY_FCMOV ||
-      z->meta.category == ZYDIS_CATEGORY_MMX || z->meta.isa_set == ZYDIS_ISA_SET_X87)
+      z->meta.category == ZYDIS_CATEGORY_MMX || z->meta.isa_set == ZYDIS_ISA_SET_X87 ||
+      z->meta.isa_set == ZYDIS_ISA_SET_FXSAVE || z->meta.isa_set == ZYDIS_ISA_SET_FXSAVE64)
     return true;
   return has_reg_class(z, ops, ZYDIS_REGCLASS_X87) || has_reg_class(z, ops, ZYDIS_REGCLASS_MMX);
 }

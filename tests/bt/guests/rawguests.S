@@ -70,6 +70,18 @@ PROG(emptyslot)
 	jmp	*%rax
 END(emptyslot)
 
+/* Loads an x87 state with every exception unmasked and one pending (FCW 0, FSW 0x81) with
+ * FXRSTOR, and stores it back with FXSAVE at 0x200200: the host's x87 state must not change,
+ * and the guest must not see it. */
+PROG(fxrstor)
+	mov	$0x200000, %eax
+	movw	$0, (%rax)
+	movw	$0x0081, 2(%rax)
+	fxrstor64 (%rax)
+	fxsave64 0x200(%rax)
+	DONE
+END(fxrstor)
+
 /* Calls hypercall VMM_HC_NOP with every register set; the caller compares all but rax. */
 PROG(hcregs)
 	mov	$0x11000, %rax
