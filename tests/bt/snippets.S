@@ -297,6 +297,8 @@ SNIP(misc)
 	lea	0x100(%r15), %rbx
 	mov	$5, %eax
 	xlat
+	.byte	0x2e			/* a null segment prefix: the window still applies */
+	xlat
 	bswap	%rax
 	movzbl	3(%r15), %ebx
 	movsbq	5(%r15), %rcx

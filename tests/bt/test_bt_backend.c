@@ -24,6 +24,7 @@ extern const uint8_t prog_spin_start[], prog_spin_end[], prog_spin_mem_start[], 
 extern const uint8_t prog_rollback_start[], prog_rollback_end[];
 extern const uint8_t prog_emptyslot_start[], prog_emptyslot_end[];
 extern const uint8_t prog_fxrstor_start[], prog_fxrstor_end[];
+extern const uint8_t prog_retpriv_start[], prog_retpriv_far[], prog_retpriv_end[];
 extern const uint8_t prog_smc_start[], prog_smc_end[], prog_hcregs_start[], prog_hcregs_end[];
 extern const uint8_t prog_steps_start[], prog_steps_end[], prog_sandbox_start[], prog_sandbox_end[];
 extern const uint64_t prog_sandbox_table[];
@@ -490,6 +491,28 @@ static void test_rollback_runs_restored_code(void **s) {
   vmm_vm_destroy(r.vm);
 }
 
+/* IRETQ and far RET from CPL3 to a DPL0 code segment through an RPL3 selector are #GP. */
+static void test_return_to_kernel_segment_is_gp(void **s) {
+  (void)s;
+  for (int far = 0; far < 2; far++) {
+    struct run r;
+    run_open(&r, VMM_BACKEND_BT, 16u << 20);
+    vmm_image_info_t info;
+    size_t len = (size_t)(prog_retpriv_end - prog_retpriv_start);
+    assert_int_equal(vmm_load_flat(r.vm, LOAD_GPA, prog_retpriv_start, len, &info), 0);
+    vmm_long_mode_config_t lm = VMM_LONG_MODE_CONFIG_INIT;
+    lm.cpl = 3;
+    lm.entry = LOAD_GPA + (far ? (uint64_t)(prog_retpriv_far - prog_retpriv_start) : 0);
+    assert_int_equal(vmm_vcpu_setup_long_mode(r.vcpu, &lm), 0);
+    vmm_exit_t ex;
+    run_until(&r, &ex, NULL);
+    assert_int_equal(ex.reason, VMM_EXIT_EXCEPTION);
+    assert_int_equal(ex.exception.vector, 13);
+    assert_int_equal(ex.exception.error_code, 8);
+    vmm_vm_destroy(r.vm);
+  }
+}
+
 /* The guest's x87 state and the host's stay apart even when FXRSTOR/FXSAVE are the only x87
  * instructions the guest runs. */
 static void test_guest_x87_state_stays_in_the_guest(void **s) {
@@ -679,6 +702,7 @@ int main(void) {
       cmocka_unit_test(test_rollback_runs_restored_code),
       cmocka_unit_test(test_dropped_lookup_entry_never_matches),
       cmocka_unit_test(test_guest_x87_state_stays_in_the_guest),
+      cmocka_unit_test(test_return_to_kernel_segment_is_gp),
       cmocka_unit_test(test_small_code_cache_flushes_and_stays_correct),
       cmocka_unit_test(test_state_moves_between_vms_mid_run),
       cmocka_unit_test(test_single_step_reports_each_instruction),

@@ -123,10 +123,11 @@ int vmm__bt_deliver(struct bt_vcpu *v, unsigned vec, bool has_err, uint32_t err,
     return 1;
   }
   unsigned new_cpl = (cs.type & 4) ? cpl : cs.dpl; /* conforming code keeps the CPL */
-  if (new_cpl > cpl) {
+  if (new_cpl > cpl || cs.dpl > cpl) {
     *e = (struct bt_exc){.vec = 13, .has_err = true, .err = (sel & ~3u) + ext};
     return 1;
   }
+  cs.dpl = (uint8_t)new_cpl; /* bt reads the CPL from the cached DPL */
   uint64_t rsp = c->gpr[4];
   uint64_t tss = v->sys.tr.base;
   if (ist) {
@@ -161,6 +162,22 @@ int vmm__bt_deliver(struct bt_vcpu *v, unsigned vec, bool has_err, uint32_t err,
   return 0;
 }
 
+/* The privilege rules of a return (IRET, far RET) to code segment cs selected with RPL rpl:
+ * a non-conforming segment needs DPL == RPL, a conforming one DPL <= RPL (the new CPL is the
+ * RPL either way, which is what the cached DPL then says: bt reads the CPL from it). */
+static bool bt_return_cs_ok(vmm_segment_t *cs, unsigned rpl) {
+  bool conforming = (cs->type & 4) != 0;
+  if (conforming ? cs->dpl > rpl : cs->dpl != rpl) return false;
+  cs->dpl = (uint8_t)rpl;
+  return true;
+}
+
+/* ... and for a return to an outer level, the stack segment: RPL and DPL equal the new CPL, a
+ * writable data segment. */
+static bool bt_return_ss_ok(const vmm_segment_t *ss, uint16_t sel, unsigned cpl) {
+  return (sel & 3u) == cpl && ss->dpl == cpl && ss->s && !(ss->type & 8) && (ss->type & 2);
+}
+
 enum bt_emu_result vmm__bt_emu_iret(struct bt_vcpu *v, const ZydisDecodedInstruction *z,
                                struct bt_exc *e) {
   struct bt_ctrl *c = v->ctrl;
@@ -176,7 +193,7 @@ enum bt_emu_result vmm__bt_emu_iret(struct bt_vcpu *v, const ZydisDecodedInstruc
   }
   vmm_segment_t cs, ss;
   if (!vmm__bt_load_seg(v, csel, &cs, e)) return BT_EMU_EXC;
-  if (!cs.s || !(cs.type & 8) || !cs.l) {
+  if (!cs.s || !(cs.type & 8) || !cs.l || !bt_return_cs_ok(&cs, rpl)) {
     *e = (struct bt_exc){.vec = 13, .has_err = true, .err = csel & ~3u};
     return BT_EMU_EXC;
   }
@@ -188,6 +205,9 @@ enum bt_emu_result vmm__bt_emu_iret(struct bt_vcpu *v, const ZydisDecodedInstruc
     ss = bt_null_ss(rpl);
     ss.selector = ssel;
   } else if (!vmm__bt_load_seg(v, ssel, &ss, e)) {
+    return BT_EMU_EXC;
+  } else if (!bt_return_ss_ok(&ss, ssel, rpl)) {
+    *e = (struct bt_exc){.vec = 13, .has_err = true, .err = ssel & ~3u};
     return BT_EMU_EXC;
   }
   if (!vmm__canonical(f[0])) return BT_GP0(e);
@@ -300,6 +320,10 @@ enum bt_emu_result vmm__bt_emu_far(struct bt_vcpu *v, const struct bt_desc *d,
     vmm_segment_t cs;
     if (!vmm__bt_load_seg(v, sel, &cs, e)) return BT_EMU_EXC;
     if (!cs.s || !(cs.type & 8) || !cs.l) return BT_EMU_ERROR;
+    if (!bt_return_cs_ok(&cs, rpl)) {
+      *e = (struct bt_exc){.vec = 13, .has_err = true, .err = sel & ~3u};
+      return BT_EMU_EXC;
+    }
     uint64_t pop = 16 + (z->operand_count_visible ? (ops[0].imm.value.u & 0xffff) : 0);
     cs.selector = sel;
     vmm_segment_t ss = v->sys.ss;
@@ -308,6 +332,10 @@ enum bt_emu_result vmm__bt_emu_far(struct bt_vcpu *v, const struct bt_desc *d,
       uint64_t s[2];
       if (!vmm__bt_read_mem(v, rsp, s, 16, user, e)) return BT_EMU_EXC;
       if (!vmm__bt_load_seg(v, (uint16_t)s[1], &ss, e)) return BT_EMU_EXC;
+      if (!bt_return_ss_ok(&ss, (uint16_t)s[1], rpl)) {
+        *e = (struct bt_exc){.vec = 13, .has_err = true, .err = (uint16_t)s[1] & ~3u};
+        return BT_EMU_EXC;
+      }
       rsp = s[0];
     }
     c->rip = f[0];

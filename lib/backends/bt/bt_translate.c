@@ -237,8 +237,10 @@ static bool tx_insn(struct bt_tx *t) {
       if (z->attributes & ZYDIS_ATTRIB_HAS_SEGMENT) return false;
       uint8_t out[17] = {0x65, 0x67};
       unsigned n = 2;
+      /* The guest's own segment (2e 36 3e 26, which Zydis does not flag in 64-bit mode) and
+       * address-size prefixes go: which of several segment prefixes wins is not defined. */
       for (unsigned i = 0; i < z->length; i++)
-        if (!(i < z->raw.prefix_count && t->bytes[i] == 0x67)) out[n++] = t->bytes[i];
+        if (!(i < z->raw.prefix_count && vmm__tx_is_seg_or_asz(t->bytes[i]))) out[n++] = t->bytes[i];
       if (n > 15) return false;
       bt_ebytes(&t->b, out, n);
       return true;

@@ -82,6 +82,30 @@ PROG(fxrstor)
 	DONE
 END(fxrstor)
 
+/* Run at CPL3: returns with IRETQ (then, from 1:, with a far RET) to the kernel's code
+ * descriptor with RPL 3 (selector 0x0b). The CPU refuses both with #GP(8) (a non-conforming
+ * segment needs DPL == RPL); neither may reach the CPL0-only instructions after them. */
+PROG(retpriv)
+	lea	2f(%rip), %rax
+	mov	%rsp, %rbx
+	pushq	$0x13
+	pushq	%rbx
+	pushq	$0x202
+	pushq	$0x0b
+	pushq	%rax
+	iretq
+2:	mov	%cr3, %rax
+	hlt
+	.globl	prog_retpriv_far
+prog_retpriv_far:
+	lea	3f(%rip), %rax
+	pushq	$0x0b
+	pushq	%rax
+	lretq
+3:	mov	%cr3, %rax
+	hlt
+END(retpriv)
+
 /* Calls hypercall VMM_HC_NOP with every register set; the caller compares all but rax. */
 PROG(hcregs)
 	mov	$0x11000, %rax
