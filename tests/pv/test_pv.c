@@ -544,6 +544,51 @@ static int strio_port(vmm_vcpu_t *vcpu, uint64_t off, uint32_t size, int is_writ
   return VMM_HANDLED;
 }
 
+/* Emulated writes never change read-only RAM: REP INSB into it, and a hypercall whose result
+ * slot (the stack) is in it. */
+static void test_readonly_ram_stays_under_emulation(void **state) {
+  (void)state;
+  for (int slot = 0; slot < 2; slot++) {
+    struct pv_vm p;
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "%s 8000000", slot ? "romslot" : "romins");
+    assert_int_equal(pv_vm_start(&p, "pvtest", 0, cmd), 0);
+    void *hva;
+    assert_int_equal(vmm_vm_map_ram(p.vm, 0x8000000, 4096, VMM_MEM_READONLY, &hva), 0);
+    memset(hva, 0xaa, 4096);
+    struct strio s = {{0}, 0, 'a'};
+    assert_int_equal(vmm_vm_add_pio_handler(p.vm, 0x520, 2, strio_port, &s, NULL), 0);
+    vmm_exit_t ex;
+    memset(&ex, 0, sizeof(ex));
+    run_expect(&p, &ex, slot ? VMM_EXIT_EXCEPTION : VMM_EXIT_GUEST_EXIT);
+    if (!slot) assert_string_equal(p.console, "rom=aaaaaaaaaaaaaaaa\n");
+    for (size_t i = 0; i < 4096; i++)
+      if (((uint8_t *)hva)[i] != 0xaa) fail_msg("%s: read-only byte %zu changed", cmd, i);
+    pv_vm_stop(&p);
+  }
+}
+
+/* An FS base no process can have is #GP at the WRMSR, and set_state refuses one; the vCPU
+ * runs on afterwards. */
+static void test_upper_half_fs_base_refused(void **state) {
+  (void)state;
+  struct pv_vm p;
+  assert_int_equal(pv_vm_start(&p, "pvtest", 0, "fsbase"), 0);
+  vmm_exit_t ex;
+  memset(&ex, 0, sizeof(ex));
+  run_expect(&p, &ex, VMM_EXIT_EXCEPTION);
+  assert_int_equal(ex.exception.vector, 13);
+  vmm_cpu_state_t st = VMM_CPU_STATE_INIT;
+  assert_int_equal(vmm_vcpu_get_state(p.vcpu, &st), 0);
+  assert_int_equal(ex.exception.rip, st.regs.rbx);
+  assert_true(st.fs.base < 0x7ffffffff000ull);
+  vmm_cpu_state_t bad = st;
+  bad.fs.base = 0xffff800000000000ull;
+  assert_int_equal(vmm_vcpu_set_state(p.vcpu, &bad), VMM_EINVAL);
+  assert_int_equal(vmm_vcpu_set_state(p.vcpu, &st), 0);
+  pv_vm_stop(&p);
+}
+
 /* REP OUTSB / REP INSB, element by element through a port handler. */
 static void test_string_io(void **state) {
   (void)state;
@@ -824,6 +869,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_dirty_log),
       cmocka_unit_test(test_two_vcpus),
       cmocka_unit_test(test_string_io),
+      cmocka_unit_test(test_readonly_ram_stays_under_emulation),
+      cmocka_unit_test(test_upper_half_fs_base_refused),
       cmocka_unit_test(test_snapshot_inside_hypercall_entry),
       cmocka_unit_test(test_kicks_and_snapshots_during_hypercalls),
   };

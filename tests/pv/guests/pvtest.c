@@ -155,6 +155,31 @@ int main(struct vmm_boot_info *bi) {
     __asm__ volatile("lea 1f(%%rip), %%rbx\n1:\trdmsr" ::"c"(0x4d5), "a"(0), "d"(0) : "rbx");
     return 1;
   }
+  if (starts(cmd, "romins")) {
+    /* rep insb of 8 bytes from port 0x521 into read-only RAM at arg: it must stay as it was. */
+    char *dst = (char *)(uintptr_t)arg;
+    uint64_t n = 8;
+    __asm__ volatile("cld\n\trep insb" : "+D"(dst), "+c"(n) : "d"(0x521) : "memory");
+    vmm_printf("rom=%016lx\n", load64(arg));
+    return 0;
+  }
+  if (starts(cmd, "romslot")) {
+    /* RSP in read-only RAM, then straight to the `syscall` of the VMM_HC_NOP entry (entry +
+     * 12): the result must not be stored into the read-only slot. Whatever runs after that
+     * (the entry returns through the read-only stack) ends in an exception. */
+    uint64_t target = vmm_hypercall_page + VMM_HC_NOP * VMM_HC_ENTRY_SIZE + 12;
+    __asm__ volatile("mov %0, %%rsp\n\tmov %1, %%eax\n\tjmp *%2" ::"r"(arg + 0x100),
+                     "i"(VMM_HC_NOP), "r"(target)
+                     : "rax", "memory");
+    return 1;
+  }
+  if (starts(cmd, "fsbase")) {
+    /* An FS base in the upper half, which no process can have: #GP at the WRMSR (rbx). */
+    __asm__ volatile("lea 1f(%%rip), %%rbx\n1:\twrmsr" ::"c"(0xc0000100), "a"(0),
+                     "d"(0xffff8000u)
+                     : "rbx");
+    return 1;
+  }
   if (starts(cmd, "syscall")) {
     /* A syscall outside the hypercall page is #UD; rbx holds its address. */
     __asm__ volatile("lea 1f(%%rip), %%rbx\n1:\tsyscall" ::"a"(39) : "rbx", "rcx", "r11");
