@@ -28,6 +28,10 @@
 #define SNAP_VERSION 1
 #define SNAP_HEADER_SIZE 64
 #define SNAP_MAX_META (64u << 20)
+/* JSON values in the metadata: a parsed value costs ~64 bytes however short its text, so the
+ * byte limit alone would let 64 MiB of "0," cost gigabytes. 2M values describe ~280K chunks
+ * (up to 280 GiB of non-zero pages) in one file. */
+#define SNAP_MAX_META_VALUES (2u << 20)
 #define SNAP_MAX_RAM (1ull << 40)     /* Per file, all regions together. */
 #define SNAP_MAX_CHUNK_PAGES 256
 #define SNAP_MAX_DEPTH 64
@@ -607,6 +611,14 @@ static int load_one(struct loader *L, struct vmm_snapshot **out) {
     rc = VMM_ECORRUPT;
     goto out;
   }
+  size_t values = 0;
+  for (size_t i = 0; i < L->h.meta_length; i++)
+    values += text[i] == ',' || text[i] == '[' || text[i] == '{';
+  if (values > SNAP_MAX_META_VALUES) {
+    VMM_LOG_E("snapshot %s: metadata has more than %u values", L->path, SNAP_MAX_META_VALUES);
+    rc = VMM_ELIMIT;
+    goto out;
+  }
   m = cJSON_ParseWithLength(text, L->h.meta_length);
   const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(m, "format");
   const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");
@@ -665,7 +677,18 @@ static int load_one(struct loader *L, struct vmm_snapshot **out) {
   if ((rc = parse_devices(L, cJSON_GetObjectItemCaseSensitive(m, "devices"), s)) != 0) goto out;
   if ((rc = parse_regions(L, cJSON_GetObjectItemCaseSensitive(m, "regions"), s)) != 0) goto out;
   if ((rc = parse_chunks(L, cJSON_GetObjectItemCaseSensitive(m, "chunks"), s)) != 0) goto out;
-  if ((rc = load_parent(L, cJSON_GetObjectItemCaseSensitive(m, "parent"), &parent)) != 0) goto out;
+  {
+    /* The parent loads after this file's metadata is gone: a chain costs one file's
+     * metadata at a time. */
+    cJSON *pj = cJSON_DetachItemFromObjectCaseSensitive(m, "parent");
+    cJSON_Delete(m);
+    m = NULL;
+    free(text);
+    text = NULL;
+    rc = load_parent(L, pj, &parent);
+    cJSON_Delete(pj);
+    if (rc) goto out;
+  }
   if (parent) {
     /* A diff file is only meaningful over a parent of the same layout. */
     bool same = parent->nregions == s->nregions;

@@ -353,6 +353,22 @@ static void test_hostile_metadata(void **state) {
   int rc = vmm_snapshot_load(path_of("p.snap"), &s);
   assert_true(rc == VMM_ELIMIT || rc == VMM_ENOENT || rc == VMM_ECORRUPT);
   assert_null(s);
+  /* Metadata of many tiny values (each costs a parsed node): refused before parsing. */
+  size_t n = 3u << 20;
+  char *pad = malloc(n * 2 + 256);
+  assert_non_null(pad);
+  size_t at = (size_t)snprintf(pad, 256, HEAD "\"pad\":[");
+  for (size_t i = 0; i < n; i++) {
+    pad[at++] = '0';
+    pad[at++] = ',';
+  }
+  memcpy(pad + at, "0]}", 4);
+  craft(path_of("pad.snap"), pad, NULL, 0, 1);
+  free(pad);
+  quiet_logs = 0;
+  assert_int_equal(vmm_snapshot_load(path_of("pad.snap"), &s), VMM_ELIMIT);
+  assert_true(quiet_logs >= 1);
+  assert_null(s);
   vmm_log_set_callback(NULL, VMM_LOG_ERROR, NULL);
 }
 
