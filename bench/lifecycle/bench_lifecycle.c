@@ -13,24 +13,10 @@
 #include <libvmm/snapshot.h>
 #include <libvmm/vmm.h>
 
+#include "../bench_util.h"
+
 #define RAM (128ull << 20)
 #define HC_CHECKPOINT (VMM_HC_USER_BASE + 0)
-
-static double now_us(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec * 1e6 + (double)t.tv_nsec / 1e3;
-}
-
-static int cmpd(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof(*v), cmpd);
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static int stop_hc(vmm_vcpu_t *vcpu, uint64_t nr, const uint64_t a[6], uint64_t *res, void *ud) {
   (void)nr, (void)a, (void)ud;

@@ -32,20 +32,11 @@
 
 #include <libvmm/vmm.h>
 
+#include "../bench_util.h"
+
 #define HC_MARK (VMM_HC_USER_BASE + 1)
 #define BENCH_PORT 0x510
 #define MAX_MARKS 4096
-
-static double now_us(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec * 1e6 + (double)t.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
 
 struct stats {
   double med, p10, p90;

@@ -48,6 +48,16 @@ static int pv_vm_start(struct pv_vm *p, const char *name, unsigned cpl, const ch
   return vmm_vcpu_setup_long_mode(p->vcpu, &lm);
 }
 
+/* Runs once; the exit must have `reason` (cmocka must be included before this header). */
+static inline void run_expect(struct pv_vm *p, vmm_exit_t *ex, uint32_t reason) {
+  int rc = vmm_vcpu_run(p->vcpu, ex);
+  assert_int_equal(rc, 0);
+  if (ex->reason != reason)
+    fail_msg("exit %s, want %s (%s)", vmm_exit_reason_name(ex->reason),
+             vmm_exit_reason_name(reason),
+             ex->reason == VMM_EXIT_INTERNAL_ERROR ? ex->internal.message : "");
+}
+
 static void pv_vm_stop(struct pv_vm *p) {
   vmm_vm_destroy(p->vm);
   p->vm = NULL;
