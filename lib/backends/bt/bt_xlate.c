@@ -294,10 +294,9 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
   if (ZYAN_FAILED(ZydisEncoderEncodeInstruction(&req, out, &n))) return false;
   /* The sandbox rests on the result: decode it again and insist on 32-bit addressing (or the
    * register-free form below 2 GiB, the same address either way). */
-  ZydisDecoder dec;
   ZydisDecodedInstruction chk;
-  if (ZYAN_FAILED(ZydisDecoderInit(&dec, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64)) ||
-      ZYAN_FAILED(ZydisDecoderDecodeInstruction(&dec, NULL, out, n, &chk)) || chk.length != n ||
+  if (ZYAN_FAILED(ZydisDecoderDecodeInstruction(vmm__bt_decoder(), NULL, out, n, &chk)) ||
+      chk.length != n ||
       chk.mnemonic != z->mnemonic || !(chk.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_GS) ||
       (chk.address_width != 32 && !(base < 0 && index == -1)))
     return false;
@@ -305,19 +304,27 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
   return true;
 }
 
+/* The scalar part of a VSIB operand (base, displacement, folded FS/GS base) as a window
+ * address; the vector index stays out. False for a base that is not a general register. */
+static bool tx_vsib_scalar(struct bt_tx *t, const ZydisDecodedOperand *mo, struct bt_ea *ea) {
+  int b = vmm__tx_gpr_num(mo->mem.base);
+  if (b < -1 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
+    return false;
+  uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
+  *ea = (struct bt_ea){.base = b, .index = -1, .scale = 1, .gs = true, .a32 = true,
+                       .disp = (int32_t)(uint32_t)(disp + seg_base(t, mo->mem.segment))};
+  return true;
+}
+
 /* Copies the instruction with its memory operand redirected into the window. */
 bool vmm__tx_copy_mem(struct bt_tx *t, const ZydisDecodedOperand *mo) {
+  struct bt_ea ea;
   if (mo->mem.type == ZYDIS_MEMOP_TYPE_VSIB) {
     /* AVX2 gathers: a general base and a vector index. Without a base the encoder would use
      * 64-bit addressing; that form goes through a scratch base register instead. */
-    int b = vmm__tx_gpr_num(mo->mem.base);
-    if (b < 0 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
-      return false;
-    uint64_t sb = seg_base(t, mo->mem.segment);
-    uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
-    return tx_encode_window(t, mo, b, -2, 0, (uint32_t)(disp + sb));
+    if (!tx_vsib_scalar(t, mo, &ea) || ea.base < 0) return false;
+    return tx_encode_window(t, mo, ea.base, -2, 0, (uint32_t)ea.disp);
   }
-  struct bt_ea ea;
   if (!vmm__tx_guest_ea(t, mo, 0, &ea)) return false;
   return tx_encode_window(t, mo, ea.base, ea.index, (uint8_t)ea.scale, (uint32_t)ea.disp);
 }
@@ -331,16 +338,7 @@ bool vmm__tx_copy_mem_scratch(struct bt_tx *t, const ZydisDecodedOperand *mo) {
   if (s < 0 || (s & 7) == 4 || (s & 7) == 5) return false;
   bool vsib = mo->mem.type == ZYDIS_MEMOP_TYPE_VSIB;
   struct bt_ea ea;
-  if (vsib) {
-    int b = vmm__tx_gpr_num(mo->mem.base);
-    if (b < -1 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
-      return false;
-    uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
-    ea = (struct bt_ea){.base = b, .index = -1, .scale = 1, .a32 = true,
-                        .disp = (int32_t)(uint32_t)(disp + seg_base(t, mo->mem.segment))};
-  } else if (!vmm__tx_guest_ea(t, mo, 0, &ea)) {
-    return false;
-  }
+  if (vsib ? !tx_vsib_scalar(t, mo, &ea) : !vmm__tx_guest_ea(t, mo, 0, &ea)) return false;
   size_t mark = t->b.len;
   bt_e_store(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
   /* lea (32-bit addressing, 32-bit result) */
