@@ -83,6 +83,16 @@ static void vmm_pv_find_stub(void) {
 
 static void vmm_pv_tsc_decide(void);
 
+/* poll() for input on fd for up to ms milliseconds: >0 readable, 0 timed out, <0 error. */
+static int vmm_pv_wait_readable(int fd, int ms) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  int r;
+  do {
+    r = poll(&p, 1, ms);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
 static void vmm_pv_init_once(void) {
   const char *pool = getenv("LIBVMM_PV_POOL");
   if (pool) {
@@ -160,11 +170,7 @@ static void vmm_pv_tsc_decide(void) {
   /* It ends within microseconds; one that does not (stopped, stuck) is killed after 5 s. */
   int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
   if (pfd >= 0) {
-    struct pollfd p = {.fd = pfd, .events = POLLIN};
-    int pr;
-    do {
-      pr = poll(&p, 1, 5000);
-    } while (pr < 0 && errno == EINTR);
+    int pr = vmm_pv_wait_readable(pfd, 5000);
     close(pfd);
     if (pr == 0) {
       VMM_LOG_W("pv: the RDTSC test stub did not finish; assuming RDTSC can be made to fault");
@@ -220,12 +226,7 @@ bool vmm__pv_dirty_supported(void) { return atomic_load(&vmm_pv_dirty_ok); }
  * when the stub is gone or silent: a stub stopped or stuck before it speaks must not hang the
  * VMM (it sends its hello within microseconds of starting; the wait allows for loaded hosts). */
 static int vmm_pv_recv_hello(int sock) {
-  struct pollfd pfd = {.fd = sock, .events = POLLIN};
-  int pr;
-  do {
-    pr = poll(&pfd, 1, 5000);
-  } while (pr < 0 && errno == EINTR);
-  if (pr <= 0) return -2;
+  if (vmm_pv_wait_readable(sock, 5000) <= 0) return -2;
   struct vmm_pv_hello hello;
   union {
     struct cmsghdr h;
