@@ -73,6 +73,7 @@ int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
   vm->hypercall_page_gpa = gpa;
   /* A restore usually finds the page as it was: then nothing cached from it goes stale. */
   if (memcmp(page, fresh, VMM_PAGE_SIZE) != 0) {
+    if (vmm__gpa_wptr(vm, gpa, VMM_PAGE_SIZE) == NULL) return VMM_ENOMEM;
     memcpy(page, fresh, VMM_PAGE_SIZE);
     vmm__host_wrote(vm, gpa, VMM_PAGE_SIZE);
   }
@@ -82,9 +83,9 @@ int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
 static int vmm_write_page_tables(vmm_vm_t *vm, uint64_t span, bool user) {
   uint64_t npd = (span + (1ull << 30) - 1) >> 30;
   if (npd > VMM_MAX_PDS) npd = VMM_MAX_PDS;
-  uint64_t *pml4 = vmm__gpa_ptr(vm, VMM_PML4_GPA, VMM_PAGE_SIZE);
-  uint64_t *pdpt = vmm__gpa_ptr(vm, VMM_PML4_GPA + VMM_PAGE_SIZE, VMM_PAGE_SIZE);
-  uint64_t *pds = vmm__gpa_ptr(vm, VMM_PD_GPA, npd * VMM_PAGE_SIZE);
+  uint64_t *pml4 = vmm__gpa_wptr(vm, VMM_PML4_GPA, VMM_PAGE_SIZE);
+  uint64_t *pdpt = vmm__gpa_wptr(vm, VMM_PML4_GPA + VMM_PAGE_SIZE, VMM_PAGE_SIZE);
+  uint64_t *pds = vmm__gpa_wptr(vm, VMM_PD_GPA, npd * VMM_PAGE_SIZE);
   if (!pml4 || !pdpt || !pds) return VMM_EFAULT;
   uint64_t flags = PTE_P | PTE_RW | (user ? PTE_US : 0);
   memset(pml4, 0, VMM_PAGE_SIZE);
@@ -100,10 +101,10 @@ static int vmm_write_page_tables(vmm_vm_t *vm, uint64_t span, bool user) {
 }
 
 static int vmm_write_descriptor_tables(vmm_vm_t *vm) {
-  uint64_t *gdt = vmm__gpa_ptr(vm, VMM_GDT_GPA, VMM_PAGE_SIZE);
-  uint64_t *idt = vmm__gpa_ptr(vm, VMM_IDT_GPA, VMM_PAGE_SIZE);
-  uint8_t *stubs = vmm__gpa_ptr(vm, VMM_EXC_STUBS_GPA, VMM_PAGE_SIZE);
-  uint8_t *tss = vmm__gpa_ptr(vm, VMM_TSS_GPA, VMM_PAGE_SIZE);
+  uint64_t *gdt = vmm__gpa_wptr(vm, VMM_GDT_GPA, VMM_PAGE_SIZE);
+  uint64_t *idt = vmm__gpa_wptr(vm, VMM_IDT_GPA, VMM_PAGE_SIZE);
+  uint8_t *stubs = vmm__gpa_wptr(vm, VMM_EXC_STUBS_GPA, VMM_PAGE_SIZE);
+  uint8_t *tss = vmm__gpa_wptr(vm, VMM_TSS_GPA, VMM_PAGE_SIZE);
   if (!gdt || !idt || !stubs || !tss) return VMM_EFAULT;
 
   memset(gdt, 0, VMM_PAGE_SIZE);

@@ -33,6 +33,14 @@ struct vmm_region {
   uint32_t slot;       /* Stable id, unique while the region exists (a KVM slot number). */
   bool dirty_log;
   bool cow;            /* hva is a private copy-on-write mapping of memfd (a clone's RAM). */
+  /* Layered (a clone's RAM on a backend that maps the memfd itself): a page lives either in
+   * base_fd, the snapshot layer that sibling clones share and nobody writes, or in memfd, this
+   * VM's own sparse file, once the page is owned (a bit in `owned`). hva and the backend map
+   * each page from where it lives, base pages read-only; see vmm__region_own(). */
+  bool layered;
+  int base_fd;
+  uint64_t *owned;
+  pthread_mutex_t own_lock;
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
   uint64_t *snap_pending; /* Pages the public dirty-log call took that snapshots still need. */
   void *backend_data;
@@ -107,6 +115,11 @@ struct vmm_backend_ops {
   /* The VMM wrote [gpa, gpa+len) through vmm_vm_write() or a snapshot restore: translations
    * of it are stale. May be NULL. Called on the writing thread, possibly while vCPUs run. */
   void (*memory_written)(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+  /* Layered regions only: makes pages [first, first+n) of r owned by calling
+   * vmm__region_own_now() at a moment when no vCPU can read the pages through a stale
+   * mapping, and drops the backend's mappings of their base pages. May be NULL when the backend
+   * maps RAM only through r->hva. Called on any thread, possibly while vCPUs run. */
+  int (*own_pages)(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint64_t n);
   /* Appends backend counters; returns how many it has (may exceed cap). */
   size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
 };
@@ -199,6 +212,19 @@ struct vmm_vcpu {
 /* Maps a RAM region as a private copy-on-write mapping of base_fd (which is dup'ed). Backends
  * that cannot run on such a region return VMM_ENOSYS from region_add. */
 int vmm__vm_map_ram_cow(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, int base_fd);
+/* A layered region over base_fd (a clone's RAM where the backend maps memory itself and takes
+ * layered regions); VMM_ENOSYS from backends that do not. */
+int vmm__vm_map_ram_layered(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags,
+                            int base_fd);
+/* Layered regions: makes the pages covering [off, off+len) of r the VM's own before the host
+ * writes them (a no-op for other regions and owned pages). VMM_ENOMEM when a mapping fails. */
+int vmm__region_own(vmm_vm_t *vm, struct vmm_region *r, uint64_t off, uint64_t len);
+/* The step itself, for backends' own_pages: copies each unowned page of the run into memfd and
+ * maps it there in hva. */
+int vmm__region_own_now(struct vmm_region *r, uint64_t first, uint64_t n);
+static inline bool vmm__region_page_owned(const struct vmm_region *r, uint64_t pg) {
+  return !r->layered || ((__atomic_load_n(&r->owned[pg / 64], __ATOMIC_ACQUIRE) >> (pg % 64)) & 1);
+}
 /* Devices of a VM in creation order; returns the count (array malloc'ed, may be NULL). */
 size_t vmm__vm_devices(vmm_vm_t *vm, vmm_device_t ***out);
 /* Marks the handler as registered by a device (clones re-create devices, not their handlers). */
@@ -214,9 +240,14 @@ int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
  * VMM_EIO, VMM_ELIMIT, VMM_ENOMEM). */
 int vmm__read_file(const char *path, uint64_t max, uint8_t **out, size_t *out_size);
 
+/* Writes all of p at off (retrying short writes); -1 with errno on failure. */
+int vmm__pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off);
+
 /* Guest memory helpers for the core and backends; the caller holds no lock. */
 struct vmm_region *vmm__region_find(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);
 void *vmm__gpa_ptr(const vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+/* The same for writing: owns the pages of a layered region first (NULL if that fails). */
+void *vmm__gpa_wptr(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
 
 /* Dispatch of one backend exit: returns 1 when consumed (run again), 0 when the exit goes to
  * the caller, or a negative VMM_E* code. */

@@ -168,7 +168,7 @@ static void vmm_linux_elf_copy(vmm_vm_t *vm, const uint8_t *img, const struct vm
     Elf64_Phdr ph;
     memcpy(&ph, img + e->eh.e_phoff + i * sizeof(ph), sizeof(ph));
     if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
-    uint8_t *dst = vmm__gpa_ptr(vm, ph.p_paddr, ph.p_memsz);
+    uint8_t *dst = vmm__gpa_wptr(vm, ph.p_paddr, ph.p_memsz);
     memcpy(dst, img + ph.p_offset, ph.p_filesz);
     memset(dst + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
   }
@@ -392,7 +392,7 @@ static int vmm_linux_do_load(struct vmm_linux_load *l, vmm_vm_t *vm, vmm_linux_i
     vmm_vm_write(vm, kstart, bz.pm, bz.pm_size);
   }
   if (l->initrd_size) vmm_vm_write(vm, initrd_gpa, l->initrd, l->initrd_size);
-  char *cl = vmm__gpa_ptr(vm, VMM_LINUX_CMDLINE_GPA, cmdlen + 1);
+  char *cl = vmm__gpa_wptr(vm, VMM_LINUX_CMDLINE_GPA, cmdlen + 1);
   if (cmdlen) memcpy(cl, l->cfg.cmdline, cmdlen);
   cl[cmdlen] = '\0';
   rc = vmm__mptable_write(vm, VMM_LINUX_MPTABLE_GPA, ncpus);

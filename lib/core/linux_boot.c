@@ -28,9 +28,9 @@ static uint64_t vmm_linux_ram_end(const vmm_vm_t *vm) {
 static int vmm_linux_page_tables(vmm_vm_t *vm, uint64_t span) {
   uint64_t npd = (span + (1ull << 30) - 1) >> 30;
   uint64_t pdpt_gpa = VMM_LINUX_PML4_GPA + VMM_PAGE_SIZE, pd_gpa = pdpt_gpa + VMM_PAGE_SIZE;
-  uint64_t *pml4 = vmm__gpa_ptr(vm, VMM_LINUX_PML4_GPA, VMM_PAGE_SIZE);
-  uint64_t *pdpt = vmm__gpa_ptr(vm, pdpt_gpa, VMM_PAGE_SIZE);
-  uint64_t *pds = vmm__gpa_ptr(vm, pd_gpa, npd * VMM_PAGE_SIZE);
+  uint64_t *pml4 = vmm__gpa_wptr(vm, VMM_LINUX_PML4_GPA, VMM_PAGE_SIZE);
+  uint64_t *pdpt = vmm__gpa_wptr(vm, pdpt_gpa, VMM_PAGE_SIZE);
+  uint64_t *pds = vmm__gpa_wptr(vm, pd_gpa, npd * VMM_PAGE_SIZE);
   if (!pml4 || !pdpt || !pds) return VMM_EFAULT;
   memset(pml4, 0, VMM_PAGE_SIZE);
   memset(pdpt, 0, VMM_PAGE_SIZE);

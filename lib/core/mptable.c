@@ -43,7 +43,7 @@ static uint8_t *mp_irq(uint8_t *p, uint8_t type, uint8_t kind, uint8_t src_irq, 
 
 int vmm__mptable_write(vmm_vm_t *vm, uint64_t gpa, uint32_t ncpus) {
   size_t size = vmm__mptable_size(ncpus);
-  uint8_t *base = vmm__gpa_ptr(vm, gpa, size);
+  uint8_t *base = vmm__gpa_wptr(vm, gpa, size);
   if (base == NULL || ncpus == 0 || ncpus > 254) return VMM_EFAULT;
   memset(base, 0, size);
   uint8_t *fps = base, *hdr = base + MP_FPS_SIZE, *p = hdr + MP_HDR_SIZE;

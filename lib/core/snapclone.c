@@ -1,5 +1,6 @@
-/* Clones: new VMs from snapshots, sharing memory copy-on-write with the nearest full layer
- * where the backend works on the VMM's mapping, else with the stored pages copied in. */
+/* Clones: new VMs from snapshots, sharing memory copy-on-write with the nearest full layer:
+ * a private mapping where the backend works on the VMM's mapping (kvm), a layered region where
+ * the backend maps RAM itself and takes one (bt), else with the stored pages copied in. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,14 +22,20 @@ static int vmm_snap_clone_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
     const struct vmm_snapshot *full = vmm_snap_full_layer(s, i);
     int rc = full ? vmm__vm_map_ram_cow(vm, r->gpa, r->size, r->flags, full->regions[i].fd)
                   : VMM_ENOSYS;
+    if (rc == VMM_ENOSYS && full)
+      rc = vmm__vm_map_ram_layered(vm, r->gpa, r->size, r->flags, full->regions[i].fd);
     if (rc == 0) {
       /* Shared with the full layer; only the diff layers above it are copied. */
       struct vmm_region *live = vmm__region_find(vm, r->gpa, r->size);
       for (const struct vmm_snapshot *d = s; d != full; d = d->parent) {
         const struct vmm_snap_region *dr = &d->regions[i];
-        for (uint64_t pg = 0; pg < dr->npages; pg++)
-          if (vmm__snap_has(dr, pg) && vmm__snap_page(s, i, pg) == dr->map + pg * PAGE)
-            memcpy(live->hva + pg * PAGE, dr->map + pg * PAGE, PAGE);
+        for (uint64_t pg = 0; pg < dr->npages; pg++) {
+          if (!vmm__snap_has(dr, pg) || vmm__snap_page(s, i, pg) != dr->map + pg * PAGE)
+            continue;
+          rc = vmm__region_own(vm, live, pg * PAGE, PAGE);
+          if (rc) return rc;
+          memcpy(live->hva + pg * PAGE, dr->map + pg * PAGE, PAGE);
+        }
       }
       continue;
     }

@@ -378,12 +378,13 @@ static int vmm_snap_capture_handlers(vmm_vm_t *vm, struct vmm_snapshot *s) {
 static int vmm_snap_capture_full(struct vmm_region *live, struct vmm_snap_region *r) {
   off_t pos = 0, end = (off_t)live->size;
   while (pos < end) {
-    off_t data = live->cow ? pos : lseek(live->memfd, pos, SEEK_DATA);
+    bool scan_all = live->cow || live->layered; /* memfd alone does not say where data is */
+    off_t data = scan_all ? pos : lseek(live->memfd, pos, SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) break; /* No data after pos. */
       return vmm__from_errno(errno);
     }
-    off_t hole = live->cow ? end : lseek(live->memfd, data, SEEK_HOLE);
+    off_t hole = scan_all ? end : lseek(live->memfd, data, SEEK_HOLE);
     if (hole < 0 || hole > end) hole = end;
     for (uint64_t pg = (uint64_t)data / PAGE; pg < ((uint64_t)hole + PAGE - 1) / PAGE; pg++) {
       const uint8_t *src = live->hva + pg * PAGE;
@@ -543,12 +544,24 @@ static bool vmm_snap_mark_path(const struct vmm_snapshot *from, const struct vmm
   return true;
 }
 
-static void vmm_snap_write_page(struct vmm_region *live, const struct vmm_snapshot *s, size_t ri,
-                                uint64_t pg) {
+static int vmm_snap_write_page(vmm_vm_t *vm, struct vmm_region *live,
+                               const struct vmm_snapshot *s, size_t ri, uint64_t pg) {
   const uint8_t *src = vmm__snap_page(s, ri, pg);
   uint8_t *dst = live->hva + pg * PAGE;
-  if (src) memcpy(dst, src, PAGE);
-  else if (!vmm_page_is_zero(dst)) memset(dst, 0, PAGE); /* Reading a hole allocates nothing. */
+  /* A clone's page that already holds the bytes stays shared (reading it costs nothing). */
+  if (live->layered && !vmm__region_page_owned(live, pg) &&
+      (src ? memcmp(dst, src, PAGE) == 0 : vmm_page_is_zero(dst)))
+    return 0;
+  if (src) {
+    int rc = vmm__region_own(vm, live, pg * PAGE, PAGE);
+    if (rc) return rc;
+    memcpy(dst, src, PAGE);
+  } else if (!vmm_page_is_zero(dst)) { /* Reading a hole allocates nothing. */
+    int rc = vmm__region_own(vm, live, pg * PAGE, PAGE);
+    if (rc) return rc;
+    memset(dst, 0, PAGE);
+  }
+  return 0;
 }
 
 int vmm__pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off) {
@@ -566,11 +579,15 @@ int vmm__pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off) {
 /* Every page of a region as of the snapshot, without touching pages that are holes on both
  * sides: a page that must be zero is punched out of the memfd (never read, which would
  * allocate it), and stored pages go in with pwrite in runs. */
-static int vmm_snap_restore_full(struct vmm_region *live, const struct vmm_snapshot *s, size_t ri) {
+static int vmm_snap_restore_full(vmm_vm_t *vm, struct vmm_region *live,
+                                 const struct vmm_snapshot *s, size_t ri) {
   uint64_t npages = live->size / PAGE;
-  if (live->cow) {
-    /* A clone's private mapping: reading a page reads the shared base, which costs nothing. */
-    for (uint64_t pg = 0; pg < npages; pg++) vmm_snap_write_page(live, s, ri, pg);
+  if (live->cow || live->layered) {
+    /* A clone's RAM: reading a page reads the shared base, which costs nothing. */
+    for (uint64_t pg = 0; pg < npages; pg++) {
+      int rc = vmm_snap_write_page(vm, live, s, ri, pg);
+      if (rc) return rc;
+    }
     return 0;
   }
   off_t pos = 0, end = (off_t)live->size;
@@ -629,12 +646,16 @@ static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
         while (bits) {
           uint64_t pg = w * 64 + (uint64_t)__builtin_ctzll(bits);
           bits &= bits - 1;
-          vmm_snap_write_page(live, s, i, pg);
+          int rc = vmm_snap_write_page(vm, live, s, i, pg);
+          if (rc) {
+            free(want);
+            return rc;
+          }
           if (vm->ops->memory_written) vm->ops->memory_written(vm, live->gpa + pg * PAGE, PAGE);
         }
       }
     } else {
-      int rc = vmm_snap_restore_full(live, s, i);
+      int rc = vmm_snap_restore_full(vm, live, s, i);
       if (vm->ops->memory_written) vm->ops->memory_written(vm, live->gpa, live->size);
       if (rc) {
         free(want);

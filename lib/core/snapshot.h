@@ -99,7 +99,6 @@ int vmm__snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_devi
                             size_t *n);
 int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **devs,
                     size_t ndevs);
-int vmm__pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off);
 int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out);
 
 /* The lock guarding the tree links, names, hashes and paths of all snapshots. */

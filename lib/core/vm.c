@@ -91,6 +91,11 @@ err_init:
 static void vmm_region_free(struct vmm_region *r) {
   if (r->hva) munmap(r->hva, r->size);
   if (r->memfd >= 0) close(r->memfd);
+  if (r->layered) {
+    if (r->base_fd >= 0) close(r->base_fd);
+    free(r->owned);
+    pthread_mutex_destroy(&r->own_lock);
+  }
   free(r->host_dirty);
   free(r->snap_pending);
   free(r);
@@ -145,10 +150,94 @@ static bool vmm_ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t b
   return a < b + blen && b < a + alen;
 }
 
-/* base_fd < 0: a new memfd shared with the backend. base_fd >= 0: a private copy-on-write
- * mapping of that file (clones), which only backends that work on r->hva accept. */
+enum vmm_ram_kind {
+  VMM_RAM_NEW,     /* A new memfd shared with the backend. */
+  VMM_RAM_COW,     /* A private copy-on-write mapping of base_fd: backends that use r->hva. */
+  VMM_RAM_LAYERED, /* base_fd shared read-only plus an own memfd, page by page (clones). */
+};
+
+/* The memfd and hva of a new region. */
+static int vmm_region_map(struct vmm_region *r, enum vmm_ram_kind kind, int base_fd) {
+  r->cow = kind == VMM_RAM_COW;
+  if (r->cow) {
+    r->memfd = fcntl(base_fd, F_DUPFD_CLOEXEC, 0);
+    if (r->memfd < 0) return vmm__from_errno(errno);
+  } else {
+    r->memfd = memfd_create("libvmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (r->memfd < 0) return vmm__from_errno(errno);
+    if (ftruncate(r->memfd, (off_t)r->size) != 0)
+      return errno == EFBIG ? VMM_ERANGE : vmm__from_errno(errno);
+    /* Fixing the size keeps anyone holding the fd from shrinking it under a mapping. */
+    fcntl(r->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+  }
+  int fd = r->memfd, prot = PROT_READ | PROT_WRITE, share = r->cow ? MAP_PRIVATE : MAP_SHARED;
+  if (kind == VMM_RAM_LAYERED) {
+    r->layered = true;
+    r->base_fd = -1;
+    r->owned = calloc((r->size / VMM_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
+    if (r->owned == NULL) return VMM_ENOMEM;
+    pthread_mutex_init(&r->own_lock, NULL);
+    r->base_fd = fcntl(base_fd, F_DUPFD_CLOEXEC, 0);
+    if (r->base_fd < 0) return vmm__from_errno(errno);
+    /* Every page starts in the base, which nobody may write. */
+    fd = r->base_fd;
+    prot = PROT_READ;
+  }
+  r->hva = mmap(NULL, r->size, prot, share | MAP_NORESERVE, fd, 0);
+  if (r->hva == MAP_FAILED) {
+    r->hva = NULL;
+    return vmm__from_errno(errno);
+  }
+  return 0;
+}
+
+int vmm__region_own_now(struct vmm_region *r, uint64_t first, uint64_t n) {
+  int rc = 0;
+  pthread_mutex_lock(&r->own_lock);
+  for (uint64_t pg = first; pg < first + n && rc == 0;) {
+    if (vmm__region_page_owned(r, pg)) {
+      pg++;
+      continue;
+    }
+    uint64_t run = 1;
+    while (pg + run < first + n && !vmm__region_page_owned(r, pg + run)) run++;
+    uint64_t off = pg * VMM_PAGE_SIZE, len = run * VMM_PAGE_SIZE;
+    /* Nobody writes a base page, so the copy is the page; only then does hva show the copy
+     * (read-write, at the same address) and the bits say so. */
+    if (vmm__pwrite_all(r->memfd, r->hva + off, len, off) != 0) {
+      rc = vmm__from_errno(errno);
+    } else if (mmap(r->hva + off, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
+                    (off_t)off) == MAP_FAILED) {
+      VMM_LOG_E("cannot map an own page of a clone's RAM: %s", strerror(errno));
+      rc = VMM_ENOMEM;
+    } else {
+      for (uint64_t i = pg; i < pg + run; i++)
+        __atomic_fetch_or(&r->owned[i / 64], 1ull << (i % 64), __ATOMIC_RELEASE);
+    }
+    pg += run;
+  }
+  pthread_mutex_unlock(&r->own_lock);
+  return rc;
+}
+
+int vmm__region_own(vmm_vm_t *vm, struct vmm_region *r, uint64_t off, uint64_t len) {
+  if (!r->layered || len == 0) return 0;
+  uint64_t first = off / VMM_PAGE_SIZE, last = (off + len - 1) / VMM_PAGE_SIZE;
+  uint64_t pg = first;
+  while (pg <= last && vmm__region_page_owned(r, pg)) pg++;
+  if (pg > last) return 0;
+  uint64_t n = last + 1 - pg;
+  return vm->ops->own_pages ? vm->ops->own_pages(vm, r, pg, n) : vmm__region_own_now(r, pg, n);
+}
+
+void *vmm__gpa_wptr(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
+  struct vmm_region *r = vmm__region_find(vm, gpa, len);
+  if (r == NULL || vmm__region_own(vm, r, gpa - r->gpa, len) != 0) return NULL;
+  return r->hva + (gpa - r->gpa);
+}
+
 static int vmm_vm_map_region(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags,
-                             int base_fd, void **hva) {
+                             enum vmm_ram_kind kind, int base_fd, void **hva) {
   if (hva) *hva = NULL;
   if (vm == NULL || size == 0 || gpa % VMM_PAGE_SIZE || size % VMM_PAGE_SIZE) return VMM_EINVAL;
   if (flags & ~(uint32_t)VMM_MEM_READONLY) return VMM_EINVAL;
@@ -181,32 +270,10 @@ static int vmm_vm_map_region(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t
   r->size = size;
   r->flags = flags;
   r->slot = vm->next_slot++;
-  r->cow = base_fd >= 0;
-  if (r->cow) {
-    r->memfd = fcntl(base_fd, F_DUPFD_CLOEXEC, 0);
-  } else {
-    r->memfd = memfd_create("libvmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  }
-  if (r->memfd < 0) {
-    rc = vmm__from_errno(errno);
-    goto err_region;
-  }
-  if (!r->cow) {
-    if (ftruncate(r->memfd, (off_t)size) != 0) {
-      rc = errno == EFBIG ? VMM_ERANGE : vmm__from_errno(errno);
-      goto err_region;
-    }
-    /* Fixing the size keeps anyone holding the fd from shrinking it under a mapping. */
-    fcntl(r->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
-  }
-  r->hva = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                (r->cow ? MAP_PRIVATE : MAP_SHARED) | MAP_NORESERVE, r->memfd, 0);
-  if (r->hva == MAP_FAILED) {
-    r->hva = NULL;
-    rc = vmm__from_errno(errno);
-    goto err_region;
-  }
-  if (!(vm->flags & VMM_VM_NO_HUGEPAGES)) madvise(r->hva, size, MADV_HUGEPAGE);
+  r->memfd = -1;
+  rc = vmm_region_map(r, kind, base_fd);
+  if (rc) goto err_region;
+  if (!(vm->flags & VMM_VM_NO_HUGEPAGES) && !r->layered) madvise(r->hva, size, MADV_HUGEPAGE);
 
   rc = vm->ops->region_add(vm, r);
   if (rc != 0) goto err_region;
@@ -230,12 +297,18 @@ out_unlock:
 }
 
 int vmm_vm_map_ram(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, void **hva) {
-  return vmm_vm_map_region(vm, gpa, size, flags, -1, hva);
+  return vmm_vm_map_region(vm, gpa, size, flags, VMM_RAM_NEW, -1, hva);
 }
 
 int vmm__vm_map_ram_cow(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags, int base_fd) {
   if (base_fd < 0) return VMM_EINVAL;
-  return vmm_vm_map_region(vm, gpa, size, flags, base_fd, NULL);
+  return vmm_vm_map_region(vm, gpa, size, flags, VMM_RAM_COW, base_fd, NULL);
+}
+
+int vmm__vm_map_ram_layered(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t flags,
+                            int base_fd) {
+  if (base_fd < 0) return VMM_EINVAL;
+  return vmm_vm_map_region(vm, gpa, size, flags, VMM_RAM_LAYERED, base_fd, NULL);
 }
 
 int vmm_vm_unmap_ram(vmm_vm_t *vm, uint64_t gpa) {
@@ -297,6 +370,8 @@ static int vmm_vm_access(vmm_vm_t *vm, uint64_t gpa, void *buf, size_t len, bool
     uint64_t off = gpa - r->gpa;
     size_t n = r->size - off < len ? (size_t)(r->size - off) : len;
     if (write) {
+      int rc = vmm__region_own(vm, r, off, n);
+      if (rc) return rc;
       memcpy(r->hva + off, p, n);
       vmm__host_wrote(vm, gpa, n);
     } else {
@@ -319,8 +394,14 @@ int vmm_vm_write(vmm_vm_t *vm, uint64_t gpa, const void *buf, size_t len) {
 
 int vmm_vm_gpa_to_hva(vmm_vm_t *vm, uint64_t gpa, size_t len, void **hva) {
   if (vm == NULL || hva == NULL) return VMM_EINVAL;
-  *hva = vmm__gpa_ptr(vm, gpa, len ? len : 1);
-  return *hva ? 0 : VMM_EFAULT;
+  /* The caller may write through the pointer: a clone's pages become its own first. */
+  struct vmm_region *r = vmm__region_find(vm, gpa, len ? len : 1);
+  *hva = NULL;
+  if (r == NULL) return VMM_EFAULT;
+  int rc = vmm__region_own(vm, r, gpa - r->gpa, len ? len : 1);
+  if (rc) return rc;
+  *hva = r->hva + (gpa - r->gpa);
+  return 0;
 }
 
 static struct vmm_region *vmm_region_at(vmm_vm_t *vm, uint64_t gpa) {

@@ -207,6 +207,11 @@ struct bt_vcpu {
   size_t nwlist, wlist_cap;
   bool wlist_overflow;
   bool has_super_pages;
+  /* Window pages mapped from a clone's shared base file, with their guest-physical address:
+   * when the clone comes to own one of those pages, the mappings of it go. */
+  struct bt_base_map { uint32_t lpage; uint64_t pa; } *blist;
+  size_t nblist, blist_cap;
+  bool in_run_lock; /* This thread holds bvm->run_lock for reading (guest code may run). */
 
   int cache_fd;
   uint8_t *cache_rw, *cache_rx;
@@ -292,6 +297,8 @@ void vmm__bt_window_revoke_writes(struct bt_vcpu *v);
 void vmm__bt_mem_fini(struct bt_vcpu *v);
 void vmm__bt_window_flush(struct bt_vcpu *v);
 void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la);
+/* Unmaps the window pages mapped from the base file for guest-physical [pa, pa+len). */
+void vmm__bt_window_drop_base(struct bt_vcpu *v, uint64_t pa, uint64_t len);
 /* Page walk. acc: bit 0 write, bit 1 user, bit 2 fetch. Returns 0 with pa and the page's
  * effective rights (bit 0 writable, bit 1 user, bit 2 executable) and size; or a #PF error
  * code (>0) when the access faults; or a negative VMM_E* code. */
@@ -321,7 +328,7 @@ int vmm__bt_lin_write(struct bt_vcpu *v, uint64_t la, const void *buf, size_t le
 void *vmm__bt_phys_ptr(struct bt_vcpu *v, uint64_t pa, size_t len);
 bool vmm__bt_page_is_code(struct bt_vcpu *v, uint64_t pa);
 /* Bookkeeping for a guest write done from C: dirty log and translated code on the page. */
-void vmm__bt_note_guest_write(struct bt_vcpu *v, uint64_t pa);
+int vmm__bt_note_guest_write(struct bt_vcpu *v, uint64_t pa, uint64_t len);
 void vmm__bt_mark_code_page(struct bt_vcpu *v, uint64_t la, uint64_t pa);
 void vmm__bt_clear_code_page(struct bt_vcpu *v, uint64_t pa);
 struct vmm_region *vmm__bt_region_of(struct bt_vcpu *v, uint64_t pa);

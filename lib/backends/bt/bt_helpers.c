@@ -542,7 +542,7 @@ static enum bt_emu_result bt_emu_btmem(struct bt_vcpu *v, const struct bt_desc *
   struct vmm_region *r = vmm__bt_region_of(v, w.pa);
   if (r == NULL) return BT_EMU_ERROR;
   if (r->flags & VMM_MEM_READONLY && write) return BT_EMU_ERROR;
-  if (write) vmm__bt_note_guest_write(v, w.pa);
+  if (write && vmm__bt_note_guest_write(v, w.pa, bits / 8) != 0) return BT_EMU_ERROR;
   void *p = r->hva + (w.pa - r->gpa);
   uint64_t f = c->rflags & BT_RFLAGS_HOST;
   bool lock = (z->attributes & ZYDIS_ATTRIB_HAS_LOCK) != 0;

@@ -81,7 +81,9 @@ void vmm__bt_mem_fini(struct bt_vcpu *v) {
   if (v->res) munmap(v->res, v->res_size);
   free(v->mapped_list);
   free(v->wlist);
+  free(v->blist);
   v->wlist = NULL;
+  v->blist = NULL;
   v->pstate = NULL;
   v->res = NULL;
   v->mapped_list = NULL;
@@ -122,6 +124,7 @@ void vmm__bt_window_flush(struct bt_vcpu *v) {
   }
   v->nmapped = 0;
   v->nwlist = 0;
+  v->nblist = 0;
   v->wlist_overflow = false;
   v->has_super_pages = false;
   v->stats.window_flushes++;
@@ -170,6 +173,36 @@ void vmm__bt_window_revoke_writes(struct bt_vcpu *v) {
   v->nwlist = 0;
 }
 
+/* False when the page cannot be remembered (it must not stay mapped then). */
+static bool bt_note_base(struct bt_vcpu *v, uint32_t lpage, uint64_t pa) {
+  if (v->nblist == v->blist_cap) {
+    size_t cap = v->blist_cap ? v->blist_cap * 2 : 256;
+    struct bt_base_map *n = cap <= (1u << 20) ? realloc(v->blist, cap * sizeof(*n)) : NULL;
+    if (n == NULL) {
+      if (v->blist_cap == 0) return false;
+      vmm__bt_window_flush(v); /* Forget every mapping instead (this one too). */
+      return true;
+    }
+    v->blist = n;
+    v->blist_cap = cap;
+  }
+  v->blist[v->nblist++] = (struct bt_base_map){lpage, pa};
+  return true;
+}
+
+void vmm__bt_window_drop_base(struct bt_vcpu *v, uint64_t pa, uint64_t len) {
+  for (size_t i = 0; i < v->nblist;) {
+    struct bt_base_map *m = &v->blist[i];
+    if (m->pa - pa >= len) {
+      i++;
+      continue;
+    }
+    /* The entry may be stale (the page was mapped again since); unmapping is always safe. */
+    vmm__bt_window_unmap_page(v, (uint64_t)m->lpage * VMM_PAGE_SIZE);
+    *m = v->blist[--v->nblist];
+  }
+}
+
 void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la) {
   if (la >= BT_WINDOW_SIZE) return;
   uint64_t pg = la / VMM_PAGE_SIZE;
@@ -209,7 +242,7 @@ int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, stru
   if (!vmm__canonical(la)) return BT_WALK_NONCANON;
   uint64_t table = s->cr3 & PTE_ADDR;
   unsigned rw = 1, us = 1, nx = 0;
-  uint64_t *ents[4];
+  uint64_t *ents[4], ents_pa[4];
   int nents = 0;
   uint64_t e = 0, size = 0, base = 0;
   for (int level = 3; level >= 0; level--) {
@@ -221,6 +254,7 @@ int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, stru
     if (!(e & PTE_P)) return BT_PF(err_base);
     if ((e & PTE_XD) && !nxe) return BT_PF(err_base | PF_RSVD | PF_P);
     if (level == 3 && (e & PTE_PS)) return BT_PF(err_base | PF_RSVD | PF_P);
+    ents_pa[nents] = table + idx * 8;
     ents[nents++] = pe;
     rw &= (e & PTE_W) != 0;
     us &= (e & PTE_U) != 0;
@@ -240,7 +274,12 @@ int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, stru
   if (set_ad) {
     for (int i = 0; i < nents; i++) {
       uint64_t add = PTE_A | ((i == nents - 1 && write) ? PTE_D : 0);
-      if ((*ents[i] & add) != add) __atomic_fetch_or(ents[i], add, __ATOMIC_RELAXED);
+      if ((*ents[i] & add) == add) continue;
+      /* A clone's table page shared with its siblings becomes its own first (same address). */
+      struct vmm_region *tr = vmm__bt_region_of(v, ents_pa[i]);
+      if (tr && vmm__region_own(v->vcpu->vm, tr, ents_pa[i] - tr->gpa, 8) != 0)
+        return BT_PF(err_base | PF_RSVD | PF_P);
+      __atomic_fetch_or(ents[i], add, __ATOMIC_RELAXED);
     }
   }
   w->page_size = size;
@@ -299,20 +338,21 @@ static void bt_page_set_dirty(struct vmm_region *r, uint64_t pa) {
 /* Whether a 4 KiB page may be mapped writable now. */
 static bool bt_page_writable(struct bt_vcpu *v, struct vmm_region *r, uint64_t pa) {
   if (r->flags & VMM_MEM_READONLY) return false;
+  if (!vmm__region_page_owned(r, (pa - r->gpa) / VMM_PAGE_SIZE)) return false;
   if (vmm__bt_page_is_code(v, pa)) return false;
   return bt_page_dirty_logged(r, pa);
 }
 
 static int bt_mmap_guest(struct bt_vcpu *v, uint64_t la, uint64_t len, struct vmm_region *r,
                          uint64_t pa, int prot) {
-  void *p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, r->memfd,
-                 (off_t)(pa - r->gpa));
+  /* A clone's page it does not own yet comes from the shared base, read-only. */
+  int fd = vmm__region_page_owned(r, (pa - r->gpa) / VMM_PAGE_SIZE) ? r->memfd : r->base_fd;
+  void *p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)(pa - r->gpa));
   if (p == MAP_FAILED) {
     if (errno == ENOMEM) {
       /* Too many mappings: start over with an empty window and try once more. */
       vmm__bt_window_flush(v);
-      p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, r->memfd,
-               (off_t)(pa - r->gpa));
+      p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)(pa - r->gpa));
     }
     if (p == MAP_FAILED) {
       VMM_LOG_E("bt: cannot map guest page %#llx: %s", (unsigned long long)la, strerror(errno));
@@ -341,6 +381,8 @@ enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc
   if (write && (r->flags & VMM_MEM_READONLY)) return BT_MAP_RO_WRITE;
   if (la >= BT_WINDOW_SIZE) return BT_MAP_ERR;
   if (write && vmm__bt_page_is_code(v, w.pa)) return BT_MAP_SMC;
+  /* A clone writes a page it shares with its siblings: it gets its own copy first. */
+  if (write && vmm__region_own(v->vcpu->vm, r, w.pa - r->gpa, 1) != 0) return BT_MAP_ERR;
   if (write) bt_page_set_dirty(r, w.pa);
 
   bool guest_w = (w.rights & 1) && (w.dirty || write);
@@ -356,7 +398,7 @@ enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc
    * dirty logging needs 4 KiB write faults. */
   uint64_t size = VMM_PAGE_SIZE;
   uint64_t pbase = w.pa & ~(VMM_PAGE_SIZE - 1), lbase = la & ~(VMM_PAGE_SIZE - 1);
-  if (w.page_size > VMM_PAGE_SIZE && !rd->logging) {
+  if (w.page_size > VMM_PAGE_SIZE && !rd->logging && !r->layered) {
     uint64_t gb = w.pa & ~(w.page_size - 1), lb = la & ~(w.page_size - 1);
     if (gb >= r->gpa && gb + w.page_size <= r->gpa + r->size &&
         lb + w.page_size <= BT_WINDOW_SIZE) {
@@ -393,18 +435,26 @@ enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc
   }
   bt_note_mapped(v, (uint32_t)first, (uint32_t)n);
   if (all_w && size == VMM_PAGE_SIZE && rd->logging) bt_note_writable(v, (uint32_t)first);
+  if (!vmm__region_page_owned(r, (pbase - r->gpa) / VMM_PAGE_SIZE) &&
+      !bt_note_base(v, (uint32_t)first, pbase)) {
+    vmm__bt_window_unmap_page(v, lbase);
+    return BT_MAP_ERR;
+  }
   v->stats.demand_maps++;
   return BT_MAP_OK;
 }
 
-void vmm__bt_note_guest_write(struct bt_vcpu *v, uint64_t pa) {
+int vmm__bt_note_guest_write(struct bt_vcpu *v, uint64_t pa, uint64_t len) {
   struct vmm_region *r = vmm__bt_region_of(v, pa);
-  if (r == NULL) return;
+  if (r == NULL) return 0;
+  int rc = vmm__region_own(v->vcpu->vm, r, pa - r->gpa, len);
+  if (rc) return rc;
   if (vmm__bt_page_is_code(v, pa)) {
     vmm__bt_invalidate_page(v, pa & ~(VMM_PAGE_SIZE - 1));
     v->state_changed = true;
   }
   bt_page_set_dirty(r, pa);
+  return 0;
 }
 
 /* Copies between a guest linear range and buf, page by page, with full permission checks. */
@@ -425,11 +475,8 @@ static int bt_lin_access(struct bt_vcpu *v, uint64_t la, void *buf, size_t len, 
     uint8_t *h = r->hva + (w.pa - r->gpa);
     if (is_write) {
       if (r->flags & VMM_MEM_READONLY) return VMM_EFAULT;
-      if (vmm__bt_page_is_code(v, w.pa)) {
-        vmm__bt_invalidate_page(v, w.pa & ~(VMM_PAGE_SIZE - 1));
-        v->state_changed = true;
-      }
-      bt_page_set_dirty(r, w.pa);
+      rc = vmm__bt_note_guest_write(v, w.pa, chunk);
+      if (rc) return rc;
       memcpy(h, p, chunk);
     } else {
       memcpy(p, h, chunk);

@@ -376,7 +376,9 @@ int vmm__bt_vcpu_run(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   for (;;) {
     /* Held while guest code runs or its faults are handled: see bt_with_vcpus_stopped(). */
     pthread_rwlock_rdlock(&v->bvm->run_lock);
+    v->in_run_lock = true;
     bool stop = bt_iteration(v);
+    v->in_run_lock = false;
     pthread_rwlock_unlock(&v->bvm->run_lock);
     if (stop) break;
   }

@@ -231,14 +231,16 @@ static size_t bt_bitmap_words(uint64_t size) { return (size_t)((size / VMM_PAGE_
 
 /* ---- dirty logging: write-protection and write faults, per 4 KiB page ---- */
 
-/* Runs fn with every vCPU of the VM outside guest code, their windows emptied (flush) or
- * the pages made writable since the last log read protected again, so that the next write
- * to any page faults again. Called with vm->lock held. */
+enum bt_stop_then { BT_STOP_FLUSH, BT_STOP_REVOKE, BT_STOP_ONLY };
+
+/* Runs fn with every vCPU of the VM outside guest code, after emptying their windows (FLUSH)
+ * or protecting again the pages made writable since the last log read (REVOKE), so that the
+ * next write to any page faults again; ONLY leaves the windows to fn. */
 static void bt_with_vcpus_stopped(vmm_vm_t *vm, void (*fn)(struct vmm_region *, void *),
-                                  struct vmm_region *r, void *arg, bool flush) {
+                                  struct vmm_region *r, void *arg, enum bt_stop_then then) {
   struct bt_vm *bvm = bt_vm(vm);
   struct bt_vcpu *self = vmm__bt_current();
-  bool own = self && self->vcpu->vm == vm;
+  bool own = self && self->vcpu->vm == vm && self->in_run_lock;
   if (own) pthread_rwlock_unlock(&bvm->run_lock); /* called from a handler on a vCPU thread */
   for (;;) {
     for (uint32_t i = 0; i < VMM_MAX_VCPUS; i++) {
@@ -254,10 +256,10 @@ static void bt_with_vcpus_stopped(vmm_vm_t *vm, void (*fn)(struct vmm_region *, 
     if (until.tv_nsec >= 1000000000) until.tv_sec++, until.tv_nsec -= 1000000000;
     if (pthread_rwlock_timedwrlock(&bvm->run_lock, &until) == 0) break;
   }
-  for (uint32_t i = 0; i < VMM_MAX_VCPUS; i++) {
+  for (uint32_t i = 0; i < VMM_MAX_VCPUS && then != BT_STOP_ONLY; i++) {
     vmm_vcpu_t *c = vm->vcpus[i];
     if (c && c->backend_data) {
-      if (flush) vmm__bt_window_flush(bt_vcpu(c));
+      if (then == BT_STOP_FLUSH) vmm__bt_window_flush(bt_vcpu(c));
       else vmm__bt_window_revoke_writes(bt_vcpu(c));
     }
   }
@@ -279,7 +281,7 @@ static int bt_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) 
   } else if (enable) {
     memset(d->dirty, 0, bt_bitmap_words(r->size) * sizeof(uint64_t));
   }
-  bt_with_vcpus_stopped(vm, bt_log_switch, r, &enable, true);
+  bt_with_vcpus_stopped(vm, bt_log_switch, r, &enable, BT_STOP_FLUSH);
   return 0;
 }
 
@@ -293,14 +295,41 @@ static void bt_log_collect(struct vmm_region *r, void *arg) {
 static int bt_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
   struct bt_region *d = r->backend_data;
   if (!d->logging || d->dirty == NULL) return VMM_ESTATE;
-  bt_with_vcpus_stopped(vm, bt_log_collect, r, bitmap, false);
+  bt_with_vcpus_stopped(vm, bt_log_collect, r, bitmap, BT_STOP_REVOKE);
   return 0;
 }
 
+/* ---- clones: pages of a layered region becoming the VM's own ---- */
+
+struct bt_own_job {
+  vmm_vm_t *vm;
+  uint64_t first, n;
+  int rc;
+};
+
+static void bt_own_now(struct vmm_region *r, void *arg) {
+  struct bt_own_job *j = arg;
+  j->rc = vmm__region_own_now(r, j->first, j->n);
+  /* Every window that maps one of the pages from the base must see the own copy instead. */
+  for (uint32_t i = 0; i < VMM_MAX_VCPUS; i++) {
+    vmm_vcpu_t *c = j->vm->vcpus[i];
+    if (c && c->backend_data)
+      vmm__bt_window_drop_base(bt_vcpu(c), r->gpa + j->first * VMM_PAGE_SIZE,
+                               j->n * VMM_PAGE_SIZE);
+  }
+}
+
+/* With every vCPU outside guest code, so that none reads the base copy of a page after a write
+ * to the own copy (a single-vCPU VM faulting on its own thread pays no kick). */
+static int bt_own_pages(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint64_t n) {
+  struct bt_own_job j = {vm, first, n, 0};
+  bt_with_vcpus_stopped(vm, bt_own_now, r, &j, BT_STOP_ONLY);
+  return j.rc;
+}
 
 static int bt_region_add(vmm_vm_t *vm, struct vmm_region *r) {
-  /* The backend maps r->memfd itself; a private copy-on-write region (a clone's RAM) would
-   * not be what the VMM sees through r->hva. The core then copies the pages instead. */
+  /* The backend maps the memfd itself; a private copy-on-write region (kvm's kind of clone
+   * RAM) would not be what the VMM sees through r->hva. Layered regions are taken. */
   if (r->cow) return VMM_ENOSYS;
   struct bt_region *d = calloc(1, sizeof(*d));
   if (d == NULL) return VMM_ENOMEM;
@@ -375,6 +404,7 @@ const struct vmm_backend_ops vmm__bt_ops = {
     .vm_fini = bt_vm_fini,
     .region_add = bt_region_add,
     .memory_written = bt_memory_written,
+    .own_pages = bt_own_pages,
     .region_remove = bt_region_remove,
     .dirty_log_enable = bt_dirty_log_enable,
     .dirty_log_get = bt_dirty_log_get,

@@ -249,6 +249,9 @@ static int vmm_kvm_set_slot(struct vmm_kvm_vm *k, struct vmm_region *r, uint64_t
 static int vmm_kvm_region_add(vmm_vm_t *vm, struct vmm_region *r) {
   struct vmm_kvm_vm *k = vmm_kvm_vm(vm);
   if ((r->flags & VMM_MEM_READONLY) && !k->has_readonly) return VMM_ENOSYS;
+  /* Clones share RAM through a private mapping here; a layered region's read-only base pages
+   * would fault in KVM instead of being copied. */
+  if (r->layered) return VMM_ENOSYS;
   if (k->is_intel && r->gpa < VMM_KVM_RESERVED_END && r->gpa + r->size > VMM_KVM_IDENTITY_MAP) {
     VMM_LOG_E("kvm: [%#llx, %#llx) is reserved for KVM's TSS and identity map on this host",
               VMM_KVM_IDENTITY_MAP, VMM_KVM_RESERVED_END);

@@ -34,8 +34,9 @@ static void vmm_pv_drop_sandboxes(vmm_vm_t *vm) {
 
 static int vmm_pv_region_add(vmm_vm_t *vm, struct vmm_region *r) {
   /* The backend maps r->memfd itself; a private copy-on-write region (a clone's RAM) would
-   * not be what the VMM sees through r->hva. The core then copies the pages instead. */
-  if (r->cow) return VMM_ENOSYS;
+   * not be what the VMM sees through r->hva, and a layered one needs remapping in the sandbox
+   * as pages become the clone's own. The core then copies the pages instead. */
+  if (r->cow || r->layered) return VMM_ENOSYS;
   if (r->gpa + r->size > VMM_PV_RAM_LIMIT) {
     VMM_LOG_E("pv: RAM at [%#llx, %#llx) lies beyond what a sandbox can map (%#llx)",
               (unsigned long long)r->gpa, (unsigned long long)(r->gpa + r->size),
@@ -43,12 +44,6 @@ static int vmm_pv_region_add(vmm_vm_t *vm, struct vmm_region *r) {
     return VMM_ERANGE;
   }
   if (vm->nregions >= VMM_PV_MAX_MAPS) return VMM_ELIMIT;
-  if (r->cow) {
-    /* The sandbox maps the memfd shared; a private copy-on-write view exists only in the
-     * VMM's address space. */
-    VMM_LOG_E("pv: copy-on-write RAM (clones) cannot be shared with a sandbox");
-    return VMM_ENOSYS;
-  }
   if (r->gpa < vmm_pv_vm(vm)->map_floor)
     VMM_LOG_D("pv: RAM below %#llx cannot be mapped in the sandbox; accesses there are "
               "emulated", (unsigned long long)vmm_pv_vm(vm)->map_floor);
