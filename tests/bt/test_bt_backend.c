@@ -5,7 +5,6 @@
 #define _GNU_SOURCE
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,7 +22,6 @@
 
 extern const uint8_t prog_spin_start[], prog_spin_end[], prog_spin_mem_start[], prog_spin_mem_end[];
 extern const uint8_t prog_rollback_start[], prog_rollback_end[];
-extern const uint8_t prog_mp_start[], prog_mp_consumer[], prog_mp_end[];
 extern const uint8_t prog_emptyslot_start[], prog_emptyslot_end[];
 extern const uint8_t prog_fxrstor_start[], prog_fxrstor_end[];
 extern const uint8_t prog_retpriv_start[], prog_retpriv_far[], prog_retpriv_end[];
@@ -493,85 +491,6 @@ static void test_rollback_runs_restored_code(void **s) {
   vmm_vm_destroy(r.vm);
 }
 
-/* ---- clones: pages shared with the snapshot until written ---- */
-
-struct mp_runner {
-  vmm_vcpu_t *vcpu;
-  vmm_exit_t ex;
-  int rc;
-  atomic_bool done;
-};
-
-static void *mp_run(void *arg) {
-  struct mp_runner *m = arg;
-  memset(&m->ex, 0, sizeof(m->ex));
-  m->rc = vmm_vcpu_run(m->vcpu, &m->ex);
-  atomic_store(&m->done, true);
-  return NULL;
-}
-
-/* Two vCPUs of a clone exchange a message through pages each first mapped from the shared
- * base (prog_mp): a write by one must reach the other although its window mapped the base
- * copy. Without the stop-and-drop step one of them spins until the watchdog kicks it. */
-static void test_clone_vcpus_see_each_others_writes(void **s) {
-  (void)s;
-  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
-  cfg.backend = VMM_BACKEND_BT;
-  cfg.ram_size = 16u << 20;
-  cfg.max_vcpus = 2;
-  vmm_vm_t *vm;
-  assert_int_equal(vmm_vm_create(&cfg, &vm), 0);
-  vmm_image_info_t info;
-  size_t len = (size_t)(prog_mp_end - prog_mp_start);
-  assert_int_equal(vmm_load_flat(vm, LOAD_GPA, prog_mp_start, len, &info), 0);
-  for (uint32_t i = 0; i < 2; i++) {
-    vmm_vcpu_t *v;
-    assert_int_equal(vmm_vcpu_create(vm, i, &v), 0);
-    vmm_long_mode_config_t lm = VMM_LONG_MODE_CONFIG_INIT;
-    lm.entry = LOAD_GPA + (i ? (uint64_t)(prog_mp_consumer - prog_mp_start) : 0);
-    lm.stack_top = (8u << 20) - i * 0x10000u;
-    assert_int_equal(vmm_vcpu_setup_long_mode(v, &lm), 0);
-  }
-  vmm_snapshot_t *snap;
-  assert_int_equal(vmm_vm_snapshot(vm, &snap), 0);
-  restore_handlers();
-  for (int round = 0; round < 3; round++) {
-    vmm_vm_t *c;
-    assert_int_equal(vmm_snapshot_clone(snap, NULL, &c), 0);
-    struct mp_runner m[2];
-    pthread_t t[2];
-    for (int i = 0; i < 2; i++) {
-      memset(&m[i], 0, sizeof(m[i]));
-      m[i].vcpu = vmm_vm_vcpu(c, (uint32_t)i);
-      pthread_create(&t[i], NULL, mp_run, &m[i]);
-    }
-    uint64_t t0 = ms_now();
-    while (!(atomic_load(&m[0].done) && atomic_load(&m[1].done)) && ms_now() - t0 < 20000) {
-      struct timespec ts = {0, 1000000};
-      nanosleep(&ts, NULL);
-    }
-    bool timed_out = !(atomic_load(&m[0].done) && atomic_load(&m[1].done));
-    for (int i = 0; i < 2; i++) vmm_vcpu_kick(m[i].vcpu);
-    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
-    if (timed_out) fail_msg("round %d: a vCPU never saw the other's write (20 s)", round);
-    for (int i = 0; i < 2; i++) {
-      assert_int_equal(m[i].rc, 0);
-      assert_int_equal(m[i].ex.reason, VMM_EXIT_IO);
-      assert_int_equal(m[i].ex.io.port, 0x80);
-    }
-    vmm_regs_t regs;
-    assert_int_equal(vmm_vcpu_get_regs(vmm_vm_vcpu(c, 1), &regs), 0);
-    assert_int_equal(regs.rbx, 42);
-    /* The clone's writes stay its own: the snapshot still has the zeros. */
-    uint64_t flag = 1;
-    assert_int_equal(vmm_vm_read(vm, 0x200000, &flag, 8), 0);
-    assert_int_equal(flag, 0);
-    vmm_vm_destroy(c);
-  }
-  vmm_snapshot_release(snap);
-  vmm_vm_destroy(vm);
-}
-
 /* IRETQ and far RET from CPL3 to a DPL0 code segment through an RPL3 selector are #GP. */
 static void test_return_to_kernel_segment_is_gp(void **s) {
   (void)s;
@@ -781,7 +700,6 @@ int main(void) {
       cmocka_unit_test(test_kick_stops_tight_loop),
       cmocka_unit_test(test_smc_runs_new_code),
       cmocka_unit_test(test_rollback_runs_restored_code),
-      cmocka_unit_test(test_clone_vcpus_see_each_others_writes),
       cmocka_unit_test(test_dropped_lookup_entry_never_matches),
       cmocka_unit_test(test_guest_x87_state_stays_in_the_guest),
       cmocka_unit_test(test_return_to_kernel_segment_is_gp),

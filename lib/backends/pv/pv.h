@@ -29,6 +29,15 @@ static inline bool vmm__pv_base_ok(uint64_t base) { return base < VMM_PV_BASE_LI
 
 struct vmm_pv_vm {
   uint64_t map_floor; /* Lowest address the sandbox can map (mmap_min_addr). */
+  /* Clones: some region is layered. own_lock is held while pages become the VM's own and
+   * while a tracer brings its sandbox's mappings up to date before resuming (pv_layer.c). */
+  bool layered;
+  pthread_mutex_t own_lock;
+};
+
+/* A range of guest-physical addresses. */
+struct vmm_pv_range {
+  uint64_t gpa, len;
 };
 
 /* Per RAM region: pages found dirty in sandboxes that have gone since the last get. */
@@ -76,6 +85,17 @@ struct vmm_pv_vcpu {
   struct vmm_emu_access acc;
 
   uint64_t stat_stops, stat_syscalls, stat_signals, stat_emulated, stat_spawns, stat_kicks;
+
+  /* Clones: pages that became the VM's own while this sandbox maps them from the shared
+   * base, to map from the own file before the guest runs again (remap_all: every own page,
+   * for a new sandbox). in_guest: the tracer resumed the child and has not seen it stop. */
+  pthread_mutex_t remap_lock;
+  pthread_cond_t remap_cv;
+  bool in_guest;
+  bool remap_all;
+  struct vmm_pv_range *remap;
+  size_t nremap, remap_cap;
+  uint64_t stat_remaps;
 };
 
 static inline struct vmm_pv_vm *vmm_pv_vm(const vmm_vm_t *vm) { return vm->backend_data; }
@@ -103,6 +123,9 @@ void vmm__pv_dirty_child_fini(vmm_vcpu_t *vcpu, bool alive);
 int vmm__pv_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable);
 int vmm__pv_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
 void vmm__pv_region_free(struct vmm_region *r);
+/* Tracks [lo, lo+len) of a sandbox already tracking dirty pages again, after a new mapping
+ * there (child_lock held). */
+int vmm__pv_dirty_track_range(struct vmm_pv_vcpu *pv, uint64_t lo, uint64_t len);
 /* Whether this host can track dirty pages in sandboxes (known once the backend was probed). */
 bool vmm__pv_dirty_supported(void);
 
@@ -131,6 +154,17 @@ int vmm__pv_flush_pending(vmm_vcpu_t *vcpu, const vmm_exit_t *exit);
 void vmm__pv_vcpu_kick(vmm_vcpu_t *vcpu);
 int vmm__pv_set_single_step(vmm_vcpu_t *vcpu, bool enable);
 size_t vmm__pv_vcpu_stats(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
+
+/* pv_layer.c: clones (layered RAM regions) */
+int vmm__pv_own_pages(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint64_t n);
+/* Before the tracer resumes the guest: maps the sandbox's own pages, then marks the vCPU as
+ * in the guest. On failure the vCPU is not marked. */
+int vmm__pv_layer_enter(vmm_vcpu_t *vcpu);
+/* After the tracer saw the child stop. */
+void vmm__pv_layer_leave(vmm_vcpu_t *vcpu);
+/* A write fault at addr in a layered region: the page becomes the VM's own and is mapped
+ * before the guest resumes (0), or a negative code. */
+int vmm__pv_layer_write_fault(vmm_vcpu_t *vcpu, struct vmm_region *r, uint64_t addr);
 
 /* pv_emu.c */
 /* Handles a signal stop of the guest. Returns 0 to resume the guest, 1 when `exit` is filled

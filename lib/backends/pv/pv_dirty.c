@@ -122,6 +122,19 @@ static int vmm_pv_activate(struct vmm_pv_vcpu *pv) {
   return 0;
 }
 
+int vmm__pv_dirty_track_range(struct vmm_pv_vcpu *pv, uint64_t lo, uint64_t len) {
+  if (pv->uffd < 0 || pv->pagemap < 0 || len == 0) return 0;
+  struct uffdio_register reg = {.range = {lo, len}, .mode = UFFDIO_REGISTER_MODE_WP};
+  struct uffdio_writeprotect wp = {.range = {lo, len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+  if (ioctl(pv->uffd, UFFDIO_REGISTER, &reg) != 0 ||
+      ioctl(pv->uffd, UFFDIO_WRITEPROTECT, &wp) != 0) {
+    VMM_LOG_E("pv: cannot write-protect [%#llx, %#llx) for dirty logging: %s",
+              (unsigned long long)lo, (unsigned long long)(lo + len), strerror(errno));
+    return VMM_EBACKEND;
+  }
+  return 0;
+}
+
 int vmm__pv_dirty_child_init(vmm_vcpu_t *vcpu, int uffd) {
   struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
   vmm_vm_t *vm = vcpu->vm;

@@ -314,6 +314,23 @@ static int vmm_pv_fault(vmm_vcpu_t *vcpu, const siginfo_t *si, const struct vmm_
 static int vmm_pv_segv(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
   vmm_vm_t *vm = vcpu->vm;
+  if (vmm_pv_vm(vm)->layered) {
+    /* A clone's base pages are mapped readable and executable: a protection fault on one is
+     * a write, whatever the instruction (no decoding needed). */
+    siginfo_t si;
+    int rc = vmm_pv_siginfo(pv, &si);
+    if (rc) return rc;
+    uint64_t addr = (uint64_t)(uintptr_t)si.si_addr;
+    struct vmm_region *r = si.si_code == SEGV_ACCERR ? vmm__region_find(vm, addr, 1) : NULL;
+    if (r && r->layered && !(r->flags & VMM_MEM_READONLY) && addr >= vmm__pv_map_floor()) {
+      rc = vmm__pv_layer_write_fault(vcpu, r, addr);
+      if (rc == 0) return 0;
+      vmm__exit_internal(exit, rc, "pv: a clone's page at %#llx could not become its own",
+                         (unsigned long long)addr);
+      VMM_LOG_E("%s", exit->internal.message);
+      return 1;
+    }
+  }
   bool cpl3 = (pv->st.cs.selector & 3) == 3;
   bool iopl3 = (pv->vflags & VMM_RFLAGS_IOPL3) == VMM_RFLAGS_IOPL3;
   vmm_regs_t regs;

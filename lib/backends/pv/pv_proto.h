@@ -1,5 +1,5 @@
 /* The contract between the pv backend and its sandbox stub (pv_stub.c): where the stub lives,
- * the two syscall gadgets the seccomp filter allows, and the one message that maps guest RAM.
+ * the syscall gadget the seccomp filter allows, and the one message that maps guest RAM.
  * Included by the library and by the freestanding stub. */
 #ifndef LIBVMM_PV_PROTO_H
 #define LIBVMM_PV_PROTO_H
@@ -30,8 +30,14 @@ struct vmm_pv_map {
   uint64_t len;
   uint64_t offset; /* Into the memfd. */
   uint32_t prot;   /* PROT_* */
-  uint32_t reserved;
+  uint32_t flags;  /* VMM_PV_MAP_* */
 };
+
+/* The entry maps nothing: the stub keeps its fd open as number `addr` (from
+ * VMM_PV_KEEP_FD_BASE on), for the tracer's later mmap calls made through the gadget (a
+ * clone's own pages, mapped over the shared base as the clone writes them). */
+#define VMM_PV_MAP_KEEP_FD 1u
+#define VMM_PV_KEEP_FD_BASE 100
 
 /* One message: map `count` regions (their memfds ride along as SCM_RIGHTS, in order), close
  * everything and stop at int3 for the tracer to load the guest's registers. */

@@ -350,8 +350,19 @@ static int vmm_pv_send_maps(vmm_vm_t *vm, int sock) {
     m->len = hi - lo;
     m->offset = lo - r->gpa;
     m->prot = PROT_READ | PROT_EXEC | ((r->flags & VMM_MEM_READONLY) ? 0 : PROT_WRITE);
-    m->reserved = 0;
+    m->flags = 0;
     fds[msg.count++] = r->memfd;
+    if (r->layered) {
+      /* A clone's RAM: the shared base, read-only; the tracer maps the clone's own pages over
+       * it from the kept fd before the guest runs (pv_layer.c). */
+      m->prot &= ~(uint32_t)PROT_WRITE;
+      fds[msg.count - 1] = r->base_fd;
+      struct vmm_pv_map *k = &msg.maps[msg.count];
+      memset(k, 0, sizeof(*k));
+      k->addr = VMM_PV_KEEP_FD_BASE + i;
+      k->flags = VMM_PV_MAP_KEEP_FD;
+      fds[msg.count++] = r->memfd;
+    }
   }
   union {
     struct cmsghdr h;
@@ -466,6 +477,11 @@ static int vmm_pv_finish(vmm_vcpu_t *vcpu) {
   atomic_store(&pv->pidfd, fd);
   pv->stat_spawns++;
   pv->fresh = true;
+  /* The stub mapped clones' RAM from the shared base: the own pages go over it first. */
+  pthread_mutex_lock(&pv->remap_lock);
+  pv->remap_all = true;
+  pv->nremap = 0;
+  pthread_mutex_unlock(&pv->remap_lock);
   int uffd = pv->uffd;
   int rc = vmm__pv_dirty_child_init(vcpu, uffd);
   pthread_mutex_unlock(&pv->child_lock);

@@ -4,10 +4,11 @@
  * socket on fd 3). It sends the library a userfaultfd of its address space (for dirty-page
  * tracking) and keeps no copy. It drops what a guest could use: no new privileges, RDTSC
  * faults (where the host honours that), no core files, no fds but the socket, and a seccomp
- * filter that lets through only the four calls it still makes, and only from its one syscall
- * gadget. Then it waits for one message, maps guest RAM at the guest-physical addresses,
- * closes the socket and stops at int3; the tracer loads the guest's registers from there and
- * the stub's code never runs again.
+ * filter that lets through only the five calls it still makes, and only from its one syscall
+ * gadget. Then it waits for one message, maps guest RAM at the guest-physical addresses (and
+ * keeps the fds of clones' own RAM files under fixed numbers), closes the socket and stops at
+ * int3; the tracer loads the guest's registers from there. Only the gadget runs again: the
+ * tracer makes mmap calls through it while the guest is stopped (pv_layer.c).
  *
  * Freestanding: no libc; compiled position-independent (RIP-relative addressing, the stub is
  * linked above 4 GiB) but linked at VMM_PV_STUB_BASE by pv_stub.ld. */
@@ -95,7 +96,7 @@ struct pv_cmsghdr {
 #define D(from, to) ((to) - (from) - 1)
 
 static void install_filter(void) {
-  enum { TRAP = 14, ALLOW = 15 };
+  enum { TRAP = 15, ALLOW = 16 };
   const uint64_t self_ip = VMM_PV_GADGET_SELF + 2;
   struct sock_filter f[] = {
       /* 0 */ LD_ABS(offsetof(struct seccomp_data, arch)),
@@ -111,9 +112,10 @@ static void install_filter(void) {
       /* 10 */ JEQ(__NR_recvmsg, D(10, ALLOW), 0),
       /* 11 */ JEQ(__NR_mmap, D(11, ALLOW), 0),
       /* 12 */ JEQ(__NR_close, D(12, ALLOW), 0),
-      /* 13 */ JEQ(__NR_exit_group, D(13, ALLOW), D(13, TRAP)),
-      /* 14 */ RET(SECCOMP_RET_TRAP),
-      /* 15 */ RET(SECCOMP_RET_ALLOW),
+      /* 13 */ JEQ(__NR_dup3, D(13, ALLOW), 0),
+      /* 14 */ JEQ(__NR_exit_group, D(14, ALLOW), D(14, TRAP)),
+      /* 15 */ RET(SECCOMP_RET_TRAP),
+      /* 16 */ RET(SECCOMP_RET_ALLOW),
   };
   struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
   if (sys3(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, (long)&prog) != 0) die(VMM_PV_STUB_EXIT_SETUP);
@@ -205,9 +207,15 @@ void vmm_pv_stub_main(const long *sp) {
   }
   for (uint32_t i = 0; i < msg.count; i++) {
     const struct vmm_pv_map *m = &msg.maps[i];
-    long r = sys6(__NR_mmap, (long)m->addr, (long)m->len, m->prot,
-                  MAP_SHARED | MAP_FIXED_NOREPLACE, fds[i], (long)m->offset);
-    if (r != (long)m->addr) die(VMM_PV_STUB_EXIT_MAP);
+    if (m->flags & VMM_PV_MAP_KEEP_FD) {
+      if (m->addr < VMM_PV_KEEP_FD_BASE || m->addr >= VMM_PV_KEEP_FD_BASE + VMM_PV_MAX_MAPS ||
+          sys3(__NR_dup3, fds[i], (long)m->addr, 02000000 /* O_CLOEXEC */) != (long)m->addr)
+        die(VMM_PV_STUB_EXIT_MSG);
+    } else {
+      long r = sys6(__NR_mmap, (long)m->addr, (long)m->len, m->prot,
+                    MAP_SHARED | MAP_FIXED_NOREPLACE, fds[i], (long)m->offset);
+      if (r != (long)m->addr) die(VMM_PV_STUB_EXIT_MAP);
+    }
     sys3(__NR_close, fds[i], 0, 0);
   }
   sys3(__NR_close, VMM_PV_STUB_FD, 0, 0);

@@ -33,6 +33,8 @@ int vmm__pv_vcpu_init(vmm_vcpu_t *vcpu) {
   pv->pid = -1;
   pv->uffd = pv->pagemap = -1;
   pthread_mutex_init(&pv->child_lock, NULL);
+  pthread_mutex_init(&pv->remap_lock, NULL);
+  pthread_cond_init(&pv->remap_cv, NULL);
   atomic_init(&pv->pidfd, -1);
   atomic_init(&pv->kicked, false);
   pv->pinned_cpu = -1;
@@ -50,6 +52,9 @@ void vmm__pv_vcpu_fini(vmm_vcpu_t *vcpu) {
   bool had_child = pv->pid > 0;
   vmm__pv_child_kill(vcpu);
   pthread_mutex_destroy(&pv->child_lock);
+  pthread_mutex_destroy(&pv->remap_lock);
+  pthread_cond_destroy(&pv->remap_cv);
+  free(pv->remap);
   free(pv);
   vcpu->backend_data = NULL;
   /* Replace the process this vCPU used, outside anyone's creation path. */
@@ -235,7 +240,8 @@ static int vmm_pv_on_syscall(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
     if (rc == 1 && !vcpu->exit_requested) {
       /* The entry pops its result from the slot it pushed: no register write needed. */
       struct vmm_region *sr = vmm__region_find(vm, si.stack_pointer, 8);
-      if (sr && !(sr->flags & VMM_MEM_READONLY)) {
+      if (sr && !(sr->flags & VMM_MEM_READONLY) &&
+          vmm__region_own(vm, sr, si.stack_pointer - sr->gpa, 8) == 0) {
         uint64_t *slot = (uint64_t *)(sr->hva + (si.stack_pointer - sr->gpa));
         __atomic_store_n(slot, exit->hypercall.result, __ATOMIC_RELAXED);
         vmm__host_wrote(vm, si.stack_pointer, 8); /* for dirty logs: the guest may not have */
@@ -341,18 +347,22 @@ static int vmm_pv_loop(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
       pv->ur_dirty = false;
     }
     pv->have_ur = false;
+    /* A clone's sandbox maps the pages the VM came to own since it last ran. */
+    int rc = vmm__pv_layer_enter(vcpu);
+    if (rc) return rc;
     int op = pv->single_step ? PTRACE_SYSEMU_SINGLESTEP : PTRACE_SYSEMU;
     if (ptrace(op, pv->pid, 0, 0) != 0 && errno != ESRCH) {
+      vmm__pv_layer_leave(vcpu);
       VMM_LOG_E("pv: resuming sandbox %d: %s", (int)pv->pid, strerror(errno));
       return VMM_EBACKEND;
     }
     int st;
     int w = vmm__pv_wait(pv->pid, &st);
+    vmm__pv_layer_leave(vcpu);
     if (w != 0 || WIFEXITED(st) || WIFSIGNALED(st)) return vmm_pv_child_died(vcpu, w ? 0 : st);
     pv->stat_stops++;
     if (!WIFSTOPPED(st)) continue;
     int sig = WSTOPSIG(st);
-    int rc;
     if (sig == (SIGTRAP | 0x80)) {
       rc = vmm_pv_on_syscall(vcpu, exit);
     } else if ((st >> 16) != 0) {
@@ -410,6 +420,7 @@ size_t vmm__pv_vcpu_stats(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap) {
       {"pv.signal_stops", pv->stat_signals}, {"pv.emulated", pv->stat_emulated},
       {"pv.sandboxes_started", pv->stat_spawns}, {"pv.kicks", pv->stat_kicks},
       {"pv.sandbox_pid", (uint64_t)(pv->pid > 0 ? pv->pid : 0)},
+      {"pv.own_page_maps", pv->stat_remaps},
   };
   for (size_t i = 0; i < VMM_ARRAY_SIZE(s) && i < cap; i++) {
     snprintf(out[i].name, sizeof(out[i].name), "%s", s[i].name);

@@ -11,6 +11,7 @@ static int vmm_pv_vm_init(vmm_vm_t *vm) {
   struct vmm_pv_vm *p = calloc(1, sizeof(*p));
   if (p == NULL) return VMM_ENOMEM;
   p->map_floor = vmm__pv_map_floor();
+  pthread_mutex_init(&p->own_lock, NULL);
   vm->backend_data = p;
   /* Start a sandbox now: its exec overlaps with the caller loading the guest. */
   vmm__pv_pool_refill();
@@ -18,6 +19,8 @@ static int vmm_pv_vm_init(vmm_vm_t *vm) {
 }
 
 static void vmm_pv_vm_fini(vmm_vm_t *vm) {
+  struct vmm_pv_vm *p = vm->backend_data;
+  if (p) pthread_mutex_destroy(&p->own_lock);
   free(vm->backend_data);
   vm->backend_data = NULL;
 }
@@ -33,17 +36,20 @@ static void vmm_pv_drop_sandboxes(vmm_vm_t *vm) {
 }
 
 static int vmm_pv_region_add(vmm_vm_t *vm, struct vmm_region *r) {
-  /* The backend maps r->memfd itself; a private copy-on-write region (a clone's RAM) would
-   * not be what the VMM sees through r->hva, and a layered one needs remapping in the sandbox
-   * as pages become the clone's own. The core then copies the pages instead. */
-  if (r->cow || r->layered) return VMM_ENOSYS;
+  /* The backend maps the memfd itself: a private copy-on-write region (kvm's kind of clone
+   * RAM) would not be what the VMM sees through r->hva. Layered regions are taken. */
+  if (r->cow) return VMM_ENOSYS;
   if (r->gpa + r->size > VMM_PV_RAM_LIMIT) {
     VMM_LOG_E("pv: RAM at [%#llx, %#llx) lies beyond what a sandbox can map (%#llx)",
               (unsigned long long)r->gpa, (unsigned long long)(r->gpa + r->size),
               (unsigned long long)VMM_PV_RAM_LIMIT);
     return VMM_ERANGE;
   }
-  if (vm->nregions >= VMM_PV_MAX_MAPS) return VMM_ELIMIT;
+  /* One map per region in the sandbox's setup message, two for a layered one. */
+  size_t maps = r->layered ? 2 : 1;
+  for (size_t i = 0; i < vm->nregions; i++) maps += vm->regions[i]->layered ? 2 : 1;
+  if (maps > VMM_PV_MAX_MAPS) return VMM_ELIMIT;
+  if (r->layered) vmm_pv_vm(vm)->layered = true;
   if (r->gpa < vmm_pv_vm(vm)->map_floor)
     VMM_LOG_D("pv: RAM below %#llx cannot be mapped in the sandbox; accesses there are "
               "emulated", (unsigned long long)vmm_pv_vm(vm)->map_floor);
@@ -93,6 +99,7 @@ const struct vmm_backend_ops vmm__pv_ops = {
     .region_remove = vmm_pv_region_remove,
     .dirty_log_enable = vmm__pv_dirty_log_enable,
     .dirty_log_get = vmm__pv_dirty_log_get,
+    .own_pages = vmm__pv_own_pages,
     .vcpu_init = vmm__pv_vcpu_init,
     .vcpu_fini = vmm__pv_vcpu_fini,
     .vcpu_run = vmm__pv_vcpu_run,

@@ -106,33 +106,6 @@ prog_retpriv_far:
 	hlt
 END(retpriv)
 
-/* Two vCPUs of a clone pass a message through pages the clone still shares with its snapshot.
- * The consumer (entry prog_mp_consumer) first reads the flag (0x200000) and the data
- * (0x201000), so that both are mapped from the shared base, then announces itself at 0x202000
- * and spins on the flag; the producer waits for the announcement, writes 42 to the data, then
- * the flag. Each vCPU must see the other's writes to pages it had mapped from the base:
- * otherwise one of them spins forever. The consumer ends with rbx = 42. */
-PROG(mp)
-1:	pause
-	mov	0x202000, %rax
-	test	%rax, %rax
-	jz	1b
-	movq	$42, 0x201000
-	movq	$1, 0x200000
-	DONE
-	.globl	prog_mp_consumer
-prog_mp_consumer:
-	mov	0x200000, %rax
-	mov	0x201000, %rbx
-	movq	$1, 0x202000
-2:	pause
-	mov	0x200000, %rax
-	test	%rax, %rax
-	jz	2b
-	mov	0x201000, %rbx
-	DONE
-END(mp)
-
 /* Calls hypercall VMM_HC_NOP with every register set; the caller compares all but rax. */
 PROG(hcregs)
 	mov	$0x11000, %rax
