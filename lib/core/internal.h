@@ -86,6 +86,10 @@ struct vmm_handler_vec {
  */
 /* Backend capabilities (vmm_backend_ops.caps). */
 #define VMM__CAP_IRQCHIP (1u << 0) /* Interrupt controllers and timer (VMM_VM_IRQCHIP). */
+/* Clones' RAM: the backend works on r->hva and takes a private copy-on-write mapping (kvm),
+ * or maps RAM itself and takes layered regions (bt, pv). */
+#define VMM__CAP_RAM_COW (1u << 1)
+#define VMM__CAP_RAM_LAYERED (1u << 2)
 
 struct vmm_backend_ops {
   vmm_backend_t id;

@@ -20,9 +20,10 @@ static int vmm_snap_clone_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
   for (size_t i = 0; i < s->nregions; i++) {
     const struct vmm_snap_region *r = &s->regions[i];
     const struct vmm_snapshot *full = vmm_snap_full_layer(s, i);
-    int rc = full ? vmm__vm_map_ram_cow(vm, r->gpa, r->size, r->flags, full->regions[i].fd)
-                  : VMM_ENOSYS;
-    if (rc == VMM_ENOSYS && full)
+    int rc = VMM_ENOSYS;
+    if (full && (vm->ops->caps & VMM__CAP_RAM_COW))
+      rc = vmm__vm_map_ram_cow(vm, r->gpa, r->size, r->flags, full->regions[i].fd);
+    else if (full && (vm->ops->caps & VMM__CAP_RAM_LAYERED))
       rc = vmm__vm_map_ram_layered(vm, r->gpa, r->size, r->flags, full->regions[i].fd);
     if (rc == 0) {
       /* Shared with the full layer; only the diff layers above it are copied. */

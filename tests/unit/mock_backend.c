@@ -134,6 +134,7 @@ static size_t mock_stats(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap) {
 const struct vmm_backend_ops mock_backend_ops = {
     .id = VMM_BACKEND_BT, /* Pretends to be a software backend. */
     .name = "mock",
+    .caps = VMM__CAP_RAM_LAYERED, /* clones get layered RAM, as on bt and pv */
     .probe = mock_probe,
     .vm_init = mock_vm_init,
     .vm_fini = mock_vm_fini,

@@ -209,8 +209,17 @@ static void test_clone_shares_and_diverges(void **state) {
   assert_int_equal(vmm__snap_clone_with_ops(s2, &mock_backend_ops, &c2), 0);
   assert_int_equal(peek(c1, 0x9000), 42);
   assert_int_equal(peek(c1, 0xa000), 43);
+  /* Layered RAM: only the page the diff layer holds (0xa000) is the clone's own so far; a
+   * write makes exactly that page its own too, and shared pages stay read-only in hva. */
+  struct vmm_region *cr = c1->regions[0];
+  assert_true(cr->layered);
+  assert_true(vmm__region_page_owned(cr, 0xa));
+  assert_false(vmm__region_page_owned(cr, 0x9));
   guest_write(c1, 0x9000, 1);
+  assert_true(vmm__region_page_owned(cr, 0x9));
+  assert_false(vmm__region_page_owned(cr, 0x8));
   assert_int_equal(peek(c2, 0x9000), 42); /* Clones do not see each other's writes. */
+  assert_false(vmm__region_page_owned(c2->regions[0], 0x9));
   assert_int_equal(peek(f->vm, 0x9000), 77);
   vmm_ram_region_t r;
   size_t n;

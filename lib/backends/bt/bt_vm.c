@@ -20,6 +20,13 @@ static bool bt_host_avx(uint64_t *xcr0) {
   return (c & (1u << 28)) && (lo & 6) == 6;
 }
 
+static bool bt_host_cpu_ok;
+
+static void bt_probe_cpu(void) {
+  unsigned a, b, c, d;
+  bt_host_cpu_ok = __get_cpuid(1, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 26));
+}
+
 static int bt_probe(void) {
   /* Each vCPU needs a little more than 4 GiB of address space. */
   size_t len = BT_WINDOW_SIZE * 2;
@@ -29,8 +36,10 @@ static int bt_probe(void) {
     return VMM_ENODEV;
   }
   munmap(p, len);
-  unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 26))) {
+  /* CPUID once per process: under nested virtualization each one is a trip to the host. */
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, bt_probe_cpu);
+  if (!bt_host_cpu_ok) {
     VMM_LOG_I("bt: the host lacks FXSR or SSE2");
     return VMM_ENODEV;
   }
@@ -399,6 +408,7 @@ static void bt_memory_written(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
 const struct vmm_backend_ops vmm__bt_ops = {
     .id = VMM_BACKEND_BT,
     .name = "bt",
+    .caps = VMM__CAP_RAM_LAYERED,
     .probe = bt_probe,
     .vm_init = bt_vm_init,
     .vm_fini = bt_vm_fini,

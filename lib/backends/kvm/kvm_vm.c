@@ -307,7 +307,7 @@ static int vmm_kvm_set_irq(vmm_vm_t *vm, uint32_t irq, int level) {
 const struct vmm_backend_ops vmm__kvm_ops = {
     .id = VMM_BACKEND_KVM,
     .name = "kvm",
-    .caps = VMM__CAP_IRQCHIP,
+    .caps = VMM__CAP_IRQCHIP | VMM__CAP_RAM_COW,
     .probe = vmm_kvm_probe,
     .vm_init = vmm_kvm_vm_init,
     .vm_fini = vmm_kvm_vm_fini,

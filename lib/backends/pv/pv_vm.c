@@ -92,6 +92,7 @@ static int vmm_pv_fill_hypercall_page(vmm_vm_t *vm, uint64_t gpa, uint8_t *page)
 const struct vmm_backend_ops vmm__pv_ops = {
     .id = VMM_BACKEND_PV,
     .name = "pv",
+    .caps = VMM__CAP_RAM_LAYERED,
     .probe = vmm_pv_probe,
     .vm_init = vmm_pv_vm_init,
     .vm_fini = vmm_pv_vm_fini,
