@@ -142,6 +142,9 @@ struct vmm_device_ops {
   /* Snapshots: the guest-visible state as JSON, and back. NULL for stateless devices. */
   cJSON *(*save)(vmm_device_t *dev);
   int (*load)(vmm_device_t *dev, const cJSON *state);
+  /* Whether load would take the state, changing nothing (a restore asks every device before
+   * it touches RAM or vCPUs). NULL when load cannot refuse a state save produced. */
+  int (*check)(const vmm_device_t *dev, const cJSON *state);
   /* Clones: a copy of the creation parameters, and a device made from them on another VM.
    * The copy is released with free(). */
   void *(*dup_config)(const vmm_device_t *dev);

@@ -516,6 +516,14 @@ int vmm__snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_devi
                 s->devices[i].version, (*devs)[i]->ops->version);
       return VMM_EVERSION;
     }
+    /* Refused now, before RAM or a vCPU changes, the VM stays as it was. */
+    const struct vmm_device_ops *ops = (*devs)[i]->ops;
+    int rc = ops->check && s->devices[i].state ? ops->check((*devs)[i], s->devices[i].state) : 0;
+    if (rc) {
+      VMM_LOG_E("restore: device %zu (%s) refuses the snapshot's state; nothing was changed", i,
+                s->devices[i].type);
+      return rc;
+    }
   }
   return 0;
 }

@@ -226,20 +226,36 @@ static bool vmm_json_byte(const cJSON *j, const char *name, uint8_t *out) {
   return true;
 }
 
-static int vmm_uart_load(vmm_device_t *dev, const cJSON *j) {
-  struct vmm_uart *u = (struct vmm_uart *)dev;
-  uint8_t ier, lcr, mcr, scr, fcr, dll, dlm, thre;
+static int vmm_uart_check(const vmm_device_t *dev, const cJSON *j) {
+  const struct vmm_uart *u = (const struct vmm_uart *)dev;
+  uint8_t v;
   const cJSON *rx = cJSON_GetObjectItemCaseSensitive(j, "rx");
-  if (!vmm_json_byte(j, "ier", &ier) || !vmm_json_byte(j, "lcr", &lcr) ||
-      !vmm_json_byte(j, "mcr", &mcr) || !vmm_json_byte(j, "scr", &scr) ||
-      !vmm_json_byte(j, "fcr", &fcr) || !vmm_json_byte(j, "dll", &dll) ||
-      !vmm_json_byte(j, "dlm", &dlm) || !vmm_json_byte(j, "thre_pending", &thre) ||
-      !cJSON_IsArray(rx) || (uint32_t)cJSON_GetArraySize(rx) > u->rx_cap)
-    return VMM_ECORRUPT;
+  static const char *const regs[] = {"ier", "lcr", "mcr", "scr", "fcr", "dll", "dlm",
+                                     "thre_pending"};
+  for (size_t i = 0; i < VMM_ARRAY_SIZE(regs); i++)
+    if (!vmm_json_byte(j, regs[i], &v)) return VMM_ECORRUPT;
+  if (!cJSON_IsArray(rx) || (uint32_t)cJSON_GetArraySize(rx) > u->rx_cap) return VMM_ECORRUPT;
   const cJSON *b;
   cJSON_ArrayForEach(b, rx) {
     if (!cJSON_IsNumber(b) || b->valuedouble < 0 || b->valuedouble > 255) return VMM_ECORRUPT;
   }
+  return 0;
+}
+
+static int vmm_uart_load(vmm_device_t *dev, const cJSON *j) {
+  struct vmm_uart *u = (struct vmm_uart *)dev;
+  int rc = vmm_uart_check(dev, j);
+  if (rc) return rc;
+  uint8_t ier = 0, lcr = 0, mcr = 0, scr = 0, fcr = 0, dll = 0, dlm = 0, thre = 0;
+  vmm_json_byte(j, "ier", &ier);
+  vmm_json_byte(j, "lcr", &lcr);
+  vmm_json_byte(j, "mcr", &mcr);
+  vmm_json_byte(j, "scr", &scr);
+  vmm_json_byte(j, "fcr", &fcr);
+  vmm_json_byte(j, "dll", &dll);
+  vmm_json_byte(j, "dlm", &dlm);
+  vmm_json_byte(j, "thre_pending", &thre);
+  const cJSON *rx = cJSON_GetObjectItemCaseSensitive(j, "rx"), *b;
   pthread_mutex_lock(&u->lock);
   u->ier = ier & 0x0f;
   u->lcr = lcr;
@@ -274,6 +290,7 @@ static const struct vmm_device_ops vmm_uart_ops = {
     .destroy = vmm_uart_destroy,
     .save = vmm_uart_save,
     .load = vmm_uart_load,
+    .check = vmm_uart_check,
     .dup_config = vmm_uart_dup_config,
     .create_from_config = vmm_uart_from_config,
 };

@@ -117,6 +117,19 @@ static void test_round_trip_full_and_diff(void **state) {
   assert_int_equal(mock_vcpu_of(fresh->vcpus[0])->state.regs.rbx, 0xfeedfacecafebeefull);
   vmm_vm_t *cl;
   assert_int_equal(vmm_snapshot_clone(lb, NULL, &cl), VMM_ESTATE);
+
+  /* A device state the device refuses (a register beyond a byte) refuses the whole restore
+   * before anything changes: RAM and registers stay as the VM had them. */
+  guest_write(fresh, 0x11000, "changed", 8);
+  mock_vcpu_of(fresh->vcpus[0])->state.regs.rbx = 7;
+  cJSON *st = lb->devices[0].state;
+  assert_non_null(cJSON_GetObjectItemCaseSensitive(st, "lcr"));
+  cJSON_ReplaceItemInObjectCaseSensitive(st, "lcr", cJSON_CreateNumber(300));
+  assert_int_equal(vmm_vm_restore(fresh, lb), VMM_ECORRUPT);
+  char now[8];
+  vmm_vm_read(fresh, 0x11000, now, sizeof(now));
+  assert_memory_equal(now, "changed", 8);
+  assert_int_equal(mock_vcpu_of(fresh->vcpus[0])->state.regs.rbx, 7);
   vmm_vm_destroy(fresh);
 
   /* A full save of the child stands alone. */
