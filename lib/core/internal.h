@@ -40,6 +40,7 @@ struct vmm_region {
   bool layered;
   int base_fd;
   uint64_t *owned;
+  uint64_t own_maps;   /* Runs mapped from memfd so far (each splits hva). */
   pthread_mutex_t own_lock;
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
   uint64_t *snap_pending; /* Pages the public dirty-log call took that snapshots still need. */
@@ -226,9 +227,12 @@ int vmm__vm_map_ram_layered(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t 
 /* Layered regions: makes the pages covering [off, off+len) of r the VM's own before the host
  * writes them (a no-op for other regions and owned pages). VMM_ENOMEM when a mapping fails. */
 int vmm__region_own(vmm_vm_t *vm, struct vmm_region *r, uint64_t off, uint64_t len);
-/* The step itself, for backends' own_pages: copies each unowned page of the run into memfd and
- * maps it there in hva. */
-int vmm__region_own_now(struct vmm_region *r, uint64_t first, uint64_t n);
+/* The step itself, for backends' own_pages: copies each unowned page of [*first, *first+*n)
+ * into memfd and maps it there in hva. After VMM_OWN_MAX_MAPS runs (or a failed mapping) the
+ * whole region becomes owned at once: then *first and *n say so, and the backend must drop
+ * its base mappings of all of it. */
+#define VMM_OWN_MAX_MAPS 1024
+int vmm__region_own_now(struct vmm_region *r, uint64_t *first, uint64_t *n);
 static inline bool vmm__region_page_owned(const struct vmm_region *r, uint64_t pg) {
   return !r->layered || ((__atomic_load_n(&r->owned[pg / 64], __ATOMIC_ACQUIRE) >> (pg % 64)) & 1);
 }

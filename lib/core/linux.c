@@ -163,15 +163,17 @@ static int vmm_linux_elf_check(vmm_vm_t *vm, const uint8_t *img, size_t size, ui
   return 0;
 }
 
-static void vmm_linux_elf_copy(vmm_vm_t *vm, const uint8_t *img, const struct vmm_linux_elf *e) {
+static int vmm_linux_elf_copy(vmm_vm_t *vm, const uint8_t *img, const struct vmm_linux_elf *e) {
   for (unsigned i = 0; i < e->eh.e_phnum; i++) {
     Elf64_Phdr ph;
     memcpy(&ph, img + e->eh.e_phoff + i * sizeof(ph), sizeof(ph));
     if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
     uint8_t *dst = vmm__gpa_wptr(vm, ph.p_paddr, ph.p_memsz);
+    if (dst == NULL) return VMM_ENOMEM; /* RAM was checked: only owning a clone's page fails */
     memcpy(dst, img + ph.p_offset, ph.p_filesz);
     memset(dst + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
   }
+  return 0;
 }
 
 /* ---- e820 ---- */
@@ -386,13 +388,11 @@ static int vmm_linux_do_load(struct vmm_linux_load *l, vmm_vm_t *vm, vmm_linux_i
   }
 
   /* Everything is checked: write guest RAM. */
-  if (elf != NULL) {
-    vmm_linux_elf_copy(vm, elf, &e);
-  } else {
-    vmm_vm_write(vm, kstart, bz.pm, bz.pm_size);
-  }
-  if (l->initrd_size) vmm_vm_write(vm, initrd_gpa, l->initrd, l->initrd_size);
+  rc = elf != NULL ? vmm_linux_elf_copy(vm, elf, &e) : vmm_vm_write(vm, kstart, bz.pm, bz.pm_size);
+  if (rc == 0 && l->initrd_size) rc = vmm_vm_write(vm, initrd_gpa, l->initrd, l->initrd_size);
+  if (rc) return rc;
   char *cl = vmm__gpa_wptr(vm, VMM_LINUX_CMDLINE_GPA, cmdlen + 1);
+  if (cl == NULL) return VMM_ENOMEM;
   if (cmdlen) memcpy(cl, l->cfg.cmdline, cmdlen);
   cl[cmdlen] = '\0';
   rc = vmm__mptable_write(vm, VMM_LINUX_MPTABLE_GPA, ncpus);

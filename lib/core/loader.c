@@ -92,6 +92,7 @@ int vmm_load_elf(vmm_vm_t *vm, const void *data, size_t size, vmm_image_info_t *
     memcpy(&ph, img + eh.e_phoff + i * sizeof(ph), sizeof(ph));
     if (ph.p_type != PT_LOAD || ph.p_memsz == 0) continue;
     uint8_t *dst = vmm__gpa_wptr(vm, ph.p_paddr, ph.p_memsz);
+    if (dst == NULL) return VMM_ENOMEM; /* checked RAM above: only owning a clone's page fails */
     memcpy(dst, img + ph.p_offset, ph.p_filesz);
     memset(dst + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
     vmm__host_wrote(vm, ph.p_paddr, ph.p_memsz);

@@ -191,10 +191,11 @@ static int vmm_region_map(struct vmm_region *r, enum vmm_ram_kind kind, int base
   return 0;
 }
 
-int vmm__region_own_now(struct vmm_region *r, uint64_t first, uint64_t n) {
-  int rc = 0;
-  pthread_mutex_lock(&r->own_lock);
-  for (uint64_t pg = first; pg < first + n && rc == 0;) {
+/* Copies the unowned pages among [first, first+n) into memfd and maps them there in hva
+ * (own_lock held). Nobody writes a base page, so the copy is the page; only then does hva show
+ * the copy (read-write, at the same address) and do the bits say so. */
+static int vmm_region_own_runs(struct vmm_region *r, uint64_t first, uint64_t n, bool map) {
+  for (uint64_t pg = first; pg < first + n;) {
     if (vmm__region_page_owned(r, pg)) {
       pg++;
       continue;
@@ -202,19 +203,42 @@ int vmm__region_own_now(struct vmm_region *r, uint64_t first, uint64_t n) {
     uint64_t run = 1;
     while (pg + run < first + n && !vmm__region_page_owned(r, pg + run)) run++;
     uint64_t off = pg * VMM_PAGE_SIZE, len = run * VMM_PAGE_SIZE;
-    /* Nobody writes a base page, so the copy is the page; only then does hva show the copy
-     * (read-write, at the same address) and the bits say so. */
-    if (vmm__pwrite_all(r->memfd, r->hva + off, len, off) != 0) {
-      rc = vmm__from_errno(errno);
-    } else if (mmap(r->hva + off, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
-                    (off_t)off) == MAP_FAILED) {
-      VMM_LOG_E("cannot map an own page of a clone's RAM: %s", strerror(errno));
-      rc = VMM_ENOMEM;
-    } else {
+    if (vmm__pwrite_all(r->memfd, r->hva + off, len, off) != 0) return vmm__from_errno(errno);
+    if (map) {
+      if (mmap(r->hva + off, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
+               (off_t)off) == MAP_FAILED)
+        return VMM_ENOMEM;
+      r->own_maps++;
       for (uint64_t i = pg; i < pg + run; i++)
         __atomic_fetch_or(&r->owned[i / 64], 1ull << (i % 64), __ATOMIC_RELEASE);
     }
     pg += run;
+  }
+  return 0;
+}
+
+int vmm__region_own_now(struct vmm_region *r, uint64_t *first, uint64_t *n) {
+  pthread_mutex_lock(&r->own_lock);
+  /* Each run of own pages splits hva (and the backend's mappings); Linux allows a process
+   * vm.max_map_count mappings in all. Past VMM_OWN_MAX_MAPS runs, or when a mapping fails,
+   * the region becomes wholly the VM's own: one mapping, a full copy. */
+  int rc = r->own_maps < VMM_OWN_MAX_MAPS ? vmm_region_own_runs(r, *first, *n, true) : VMM_ENOMEM;
+  if (rc == VMM_ENOMEM) {
+    uint64_t all = r->size / VMM_PAGE_SIZE;
+    rc = vmm_region_own_runs(r, 0, all, false);
+    if (rc == 0 && mmap(r->hva, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                        r->memfd, 0) == MAP_FAILED)
+      rc = VMM_ENOMEM;
+    if (rc == 0) {
+      for (uint64_t i = 0; i < all; i++)
+        __atomic_fetch_or(&r->owned[i / 64], 1ull << (i % 64), __ATOMIC_RELEASE);
+      VMM_LOG_I("a clone's RAM region at %#llx became wholly its own (%llu runs of own pages)",
+                (unsigned long long)r->gpa, (unsigned long long)r->own_maps);
+      *first = 0;
+      *n = all;
+    } else {
+      VMM_LOG_E("cannot map a clone's own pages: %s", vmm_strerror(rc));
+    }
   }
   pthread_mutex_unlock(&r->own_lock);
   return rc;
@@ -227,7 +251,7 @@ int vmm__region_own(vmm_vm_t *vm, struct vmm_region *r, uint64_t off, uint64_t l
   while (pg <= last && vmm__region_page_owned(r, pg)) pg++;
   if (pg > last) return 0;
   uint64_t n = last + 1 - pg;
-  return vm->ops->own_pages ? vm->ops->own_pages(vm, r, pg, n) : vmm__region_own_now(r, pg, n);
+  return vm->ops->own_pages ? vm->ops->own_pages(vm, r, pg, n) : vmm__region_own_now(r, &pg, &n);
 }
 
 void *vmm__gpa_wptr(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {

@@ -33,4 +33,16 @@ prog_mp_consumer:
 	DONE
 END(mp)
 
+/* Loops on `out %al, $0x10` (a port the test's handler takes) until kicked. */
+PROG(ioloop)
+1:	out	%al, $0x10
+	jmp	1b
+END(ioloop)
+
+/* Writes 0x1234 to the read-only region at 16 MiB, then ends. */
+PROG(romw)
+	movq	$0x1234, 0x1000000
+	DONE
+END(romw)
+
 	.section .note.GNU-stack, "", @progbits

@@ -4,7 +4,13 @@
  *     mapped the shared copy (without the step that drops those mappings one vCPU spins until
  *     the watchdog gives up);
  *   - what the clone writes stays its own: the snapshot's VM and later clones still see the
- *     snapshot's bytes.
+ *     snapshot's bytes;
+ *   - a host write into a clone does not wait for a vCPU that sits in a handler (a thread
+ *     holding the handler's lock writes guest memory);
+ *   - read-only memory stays read-only for the guest after a host write made its page the
+ *     clone's own;
+ *   - a clone that comes to own pages scattered over more runs than the library maps one by
+ *     one owns its whole region at once and goes on correctly.
  * usage: test_clones [--backend NAME]...   Exit 77 when no requested backend can run here. */
 #include <inttypes.h>
 #include <pthread.h>
@@ -19,6 +25,7 @@
 #include <libvmm/vmm.h>
 
 extern const uint8_t prog_mp_start[], prog_mp_consumer[], prog_mp_end[];
+extern const uint8_t prog_ioloop_start[], prog_ioloop_end[], prog_romw_start[], prog_romw_end[];
 
 #define LOAD_GPA 0x100000ull
 #define FLAG_GPA 0x200000ull
@@ -161,6 +168,189 @@ static void test_backend(vmm_backend_t b) {
   vmm_vm_destroy(vm);
 }
 
+/* A one-vCPU VM at the start of `prog`, loaded at 1 MiB in 16 MiB of RAM; rom: a 64 KiB
+ * read-only region at 16 MiB holding 0xcafebabe. */
+static vmm_vm_t *make_vm(vmm_backend_t b, const uint8_t *start, const uint8_t *end, bool rom) {
+  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
+  cfg.backend = b;
+  cfg.ram_size = 16u << 20;
+  vmm_vm_t *vm;
+  if (vmm_vm_create(&cfg, &vm) != 0) return NULL;
+  vmm_image_info_t info;
+  vmm_vcpu_t *v;
+  int rc = vmm_load_flat(vm, LOAD_GPA, start, (size_t)(end - start), &info);
+  if (rc == 0) rc = vmm_vcpu_create(vm, 0, &v);
+  vmm_long_mode_config_t lm = VMM_LONG_MODE_CONFIG_INIT;
+  lm.entry = LOAD_GPA;
+  if (rc == 0) rc = vmm_vcpu_setup_long_mode(v, &lm);
+  uint64_t magic = 0xcafebabe;
+  if (rc == 0 && rom) rc = vmm_vm_map_ram(vm, 16u << 20, 0x10000, VMM_MEM_READONLY, NULL);
+  if (rc == 0 && rom) rc = vmm_vm_write(vm, 16u << 20, &magic, 8);
+  if (rc) {
+    printf("FAIL %s: VM setup: %s\n", vmm_backend_name(b), vmm_strerror(rc));
+    vmm_vm_destroy(vm);
+    return NULL;
+  }
+  return vm;
+}
+
+static pthread_mutex_t handler_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int handler_calls;
+
+static int locking_io(vmm_vcpu_t *vcpu, uint64_t off, uint32_t size, int is_write, uint64_t *data,
+                      void *ud) {
+  (void)vcpu, (void)off, (void)size, (void)is_write, (void)data, (void)ud;
+  pthread_mutex_lock(&handler_lock);
+  atomic_fetch_add(&handler_calls, 1);
+  pthread_mutex_unlock(&handler_lock);
+  return VMM_HANDLED;
+}
+
+struct writer {
+  vmm_vm_t *vm;
+  int rc;
+  atomic_bool done;
+};
+
+static void *write_main(void *arg) {
+  struct writer *w = arg;
+  uint64_t val = 0x77;
+  w->rc = vmm_vm_write(w->vm, 0x300000, &val, 8); /* a page the clone still shares */
+  atomic_store(&w->done, true);
+  return NULL;
+}
+
+/* The device thread holds the lock the vCPU's handler waits for and writes guest memory: the
+ * write must not wait for that vCPU (it is not running guest code). */
+static void test_host_write_while_handler_waits(vmm_backend_t b) {
+  const char *bn = vmm_backend_name(b);
+  vmm_vm_t *vm = make_vm(b, prog_ioloop_start, prog_ioloop_end, false);
+  if (vm == NULL) return;
+  vmm_snapshot_t *snap = NULL;
+  vmm_vm_t *c = NULL;
+  int rc = vmm_vm_add_pio_handler(vm, 0x10, 1, locking_io, NULL, NULL);
+  if (rc == 0) rc = vmm_vm_snapshot(vm, &snap);
+  if (rc == 0) rc = vmm_snapshot_clone(snap, NULL, &c);
+  CHECK(rc == 0, "%s: handler test setup: %s", bn, vmm_strerror(rc));
+  if (rc == 0) {
+    struct runner m = {.vcpu = vmm_vm_vcpu(c, 0)};
+    pthread_mutex_lock(&handler_lock);
+    atomic_store(&handler_calls, 0);
+    pthread_t t, tw;
+    pthread_create(&t, NULL, run_main, &m);
+    struct timespec ts = {0, 50000000};
+    nanosleep(&ts, NULL); /* the vCPU now waits in its handler */
+    struct writer w = {.vm = c};
+    pthread_create(&tw, NULL, write_main, &w);
+    uint64_t t0 = ms_now();
+    while (!atomic_load(&w.done) && ms_now() - t0 < 10000) nanosleep(&(struct timespec){0, 1000000}, NULL);
+    bool finished = atomic_load(&w.done);
+    pthread_mutex_unlock(&handler_lock); /* lets a stuck write finish too */
+    pthread_join(tw, NULL);
+    while (atomic_load(&handler_calls) < 3 && ms_now() - t0 < 20000)
+      nanosleep(&(struct timespec){0, 1000000}, NULL);
+    vmm_vcpu_kick(m.vcpu);
+    pthread_join(t, NULL);
+    uint64_t got = 0;
+    vmm_vm_read(c, 0x300000, &got, 8);
+    CHECK(finished, "%s: a host write waited for a vCPU blocked in a handler (10 s)", bn);
+    CHECK(w.rc == 0 && got == 0x77, "%s: the host write: rc %d, value %#" PRIx64, bn, w.rc, got);
+    CHECK(atomic_load(&handler_calls) >= 3, "%s: the guest did not go on after the write", bn);
+    if (finished && w.rc == 0 && got == 0x77 && atomic_load(&handler_calls) >= 3)
+      printf("PASS %s: a host write into a clone while its vCPU waits in a handler\n", bn);
+  }
+  vmm_vm_destroy(c);
+  vmm_snapshot_release(snap);
+  vmm_vm_destroy(vm);
+}
+
+/* Runs a one-vCPU VM to its port 0x80 exit, passing over MMIO exits (refused ROM writes). */
+static bool run_to_end(vmm_vm_t *vm) {
+  vmm_exit_t ex;
+  for (int i = 0; i < 100; i++) {
+    memset(&ex, 0, sizeof(ex));
+    if (vmm_vcpu_run(vmm_vm_vcpu(vm, 0), &ex) != 0) return false;
+    if (ex.reason == VMM_EXIT_IO && ex.io.port == 0x80) return true;
+    if (ex.reason != VMM_EXIT_MMIO) return false;
+  }
+  return false;
+}
+
+static void test_rom_stays_read_only(vmm_backend_t b) {
+  const char *bn = vmm_backend_name(b);
+  vmm_vm_t *vm = make_vm(b, prog_romw_start, prog_romw_end, true);
+  if (vm == NULL) return;
+  vmm_snapshot_t *snap = NULL;
+  vmm_vm_t *c = NULL;
+  int rc = vmm_vm_snapshot(vm, &snap);
+  if (rc == 0) rc = vmm_snapshot_clone(snap, NULL, &c);
+  CHECK(rc == 0, "%s: ROM test setup: %s", bn, vmm_strerror(rc));
+  if (rc == 0) {
+    /* The host reloads the ROM (its page becomes the clone's own), then the guest writes. */
+    uint64_t magic = 0xfeedf00d, got = 0;
+    rc = vmm_vm_write(c, 16u << 20, &magic, 8);
+    bool ran = rc == 0 && run_to_end(c);
+    vmm_vm_read(c, 16u << 20, &got, 8);
+    CHECK(ran && got == magic, "%s: the guest's write to a clone's ROM page: rc %d, ran %d, ROM "
+          "holds %#" PRIx64, bn, rc, ran, got);
+    if (ran && got == magic) printf("PASS %s: a clone's own ROM page stays read-only\n", bn);
+  }
+  vmm_vm_destroy(c);
+  vmm_snapshot_release(snap);
+  vmm_vm_destroy(vm);
+}
+
+static atomic_int wholly_owned_logs;
+
+static void count_wholly(vmm_log_level_t level, const char *msg, void *ud) {
+  (void)level, (void)ud;
+  if (strstr(msg, "became wholly its own")) atomic_fetch_add(&wholly_owned_logs, 1);
+}
+
+/* Host writes to every other page make more runs of own pages than the library maps one by
+ * one: the region becomes wholly the clone's own, and the clone's vCPUs still agree. */
+static void test_scattered_writes(vmm_backend_t b) {
+  const char *bn = vmm_backend_name(b);
+  vmm_vm_t *vm = make_mp_vm(b);
+  if (vm == NULL) return;
+  vmm_snapshot_t *snap = NULL;
+  vmm_vm_t *c = NULL;
+  int rc = vmm_vm_snapshot(vm, &snap);
+  if (rc == 0) rc = vmm_snapshot_clone(snap, NULL, &c);
+  CHECK(rc == 0, "%s: scattered-writes setup: %s", bn, vmm_strerror(rc));
+  atomic_store(&wholly_owned_logs, 0);
+  vmm_log_set_callback(count_wholly, VMM_LOG_INFO, NULL);
+  bool ok = rc == 0;
+  uint64_t first = 0x400000, count = 1400; /* pages first, first + 8 KiB, ... */
+  for (uint64_t k = 0; ok && k < count; k++) {
+    uint64_t v = k + 1;
+    ok = vmm_vm_write(c, first + k * 0x2000, &v, 8) == 0;
+  }
+  CHECK(ok, "%s: scattered host writes into a clone failed", bn);
+  CHECK(atomic_load(&wholly_owned_logs) == 1, "%s: the region was owned whole %d times (want 1)",
+        bn, atomic_load(&wholly_owned_logs));
+  for (uint64_t k = 0; ok && k < count; k += 97) {
+    uint64_t in_clone = 0, in_vm = 1;
+    vmm_vm_read(c, first + k * 0x2000, &in_clone, 8);
+    vmm_vm_read(vm, first + k * 0x2000, &in_vm, 8);
+    ok = in_clone == k + 1 && in_vm == 0;
+  }
+  CHECK(ok, "%s: scattered writes: wrong contents in the clone or the original", bn);
+  struct runner m[2];
+  bool finished = ok && run_pair(c, m);
+  vmm_regs_t regs = {0};
+  if (finished) vmm_vcpu_get_regs(vmm_vm_vcpu(c, 1), &regs);
+  CHECK(!ok || (finished && regs.rbx == 42),
+        "%s: after scattered writes the clone's vCPUs did not pass their message", bn);
+  vmm_log_set_callback(NULL, VMM_LOG_WARN, NULL);
+  if (ok && finished && regs.rbx == 42 && atomic_load(&wholly_owned_logs) == 1)
+    printf("PASS %s: %" PRIu64 " scattered own pages (the whole region owned), then a message "
+           "between vCPUs\n", bn, count);
+  vmm_vm_destroy(c);
+  vmm_snapshot_release(snap);
+  vmm_vm_destroy(vm);
+}
+
 int main(int argc, char **argv) {
   vmm_backend_t want[3];
   int nwant = 0;
@@ -191,6 +381,9 @@ int main(int argc, char **argv) {
     }
     ran++;
     test_backend(want[i]);
+    test_host_write_while_handler_waits(want[i]);
+    test_rom_stays_read_only(want[i]);
+    test_scattered_writes(want[i]);
   }
   if (ran == 0) return 77;
   printf("%s: %d failure(s)\n", failures ? "FAILED" : "OK", failures);

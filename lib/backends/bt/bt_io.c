@@ -27,8 +27,20 @@ static bool bt_io_allowed(struct bt_vcpu *v, uint16_t port, unsigned size) {
   return ((bits >> (port & 7)) & ((1u << size) - 1)) == 0;
 }
 
+/* Handlers run outside the run lock: one may wait for a thread that waits for every vCPU to
+ * leave guest code (a host write making a clone's page its own, a dirty-log read), and this
+ * vCPU's window may change meanwhile as while it is stopped. */
 static int bt_run_dispatch(struct bt_vcpu *v, vmm_exit_t *exit) {
+  bool held = v->in_run_lock;
+  if (held) {
+    v->in_run_lock = false;
+    pthread_rwlock_unlock(&v->bvm->run_lock);
+  }
   int rc = vmm__dispatch(v->vcpu, exit);
+  if (held) {
+    pthread_rwlock_rdlock(&v->bvm->run_lock);
+    v->in_run_lock = true;
+  }
   if (rc == 1) vmm__bt_fast_exit_count(v, exit->reason);
   return rc;
 }

@@ -275,10 +275,15 @@ int vmm__bt_walk(struct bt_vcpu *v, uint64_t la, unsigned acc, bool set_ad, stru
     for (int i = 0; i < nents; i++) {
       uint64_t add = PTE_A | ((i == nents - 1 && write) ? PTE_D : 0);
       if ((*ents[i] & add) == add) continue;
-      /* A clone's table page shared with its siblings becomes its own first (same address). */
+      /* A clone's table page shared with its siblings becomes its own first (same address).
+       * If the host cannot do that, the bits stay clear and the run ends with the error at the
+       * next exit check: not the guest's fault, so no page fault for it. */
       struct vmm_region *tr = vmm__bt_region_of(v, ents_pa[i]);
-      if (tr && vmm__region_own(v->vcpu->vm, tr, ents_pa[i] - tr->gpa, 8) != 0)
-        return BT_PF(err_base | PF_RSVD | PF_P);
+      int orc = tr ? vmm__region_own(v->vcpu->vm, tr, ents_pa[i] - tr->gpa, 8) : 0;
+      if (orc) {
+        if (!v->run_error) v->run_error = orc;
+        continue;
+      }
       __atomic_fetch_or(ents[i], add, __ATOMIC_RELAXED);
     }
   }

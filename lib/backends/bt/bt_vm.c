@@ -318,7 +318,7 @@ struct bt_own_job {
 
 static void bt_own_now(struct vmm_region *r, void *arg) {
   struct bt_own_job *j = arg;
-  j->rc = vmm__region_own_now(r, j->first, j->n);
+  j->rc = vmm__region_own_now(r, &j->first, &j->n);
   /* Every window that maps one of the pages from the base must see the own copy instead. */
   for (uint32_t i = 0; i < VMM_MAX_VCPUS; i++) {
     vmm_vcpu_t *c = j->vm->vcpus[i];

@@ -43,28 +43,38 @@ static int vmm_pv_remote_call(struct vmm_pv_vcpu *pv, long nr, const long a[6], 
   if (ptrace(PTRACE_SETREGS, pv->pid, 0, &r) != 0)
     return vmm__pv_ptrace_failed(pv, "PTRACE_SETREGS");
   bool restop = false;
+  int rc = 0;
   for (int tries = 0;; tries++) {
-    if (ptrace(PTRACE_SINGLESTEP, pv->pid, 0, 0) != 0)
-      return vmm__pv_ptrace_failed(pv, "PTRACE_SINGLESTEP");
+    if (ptrace(PTRACE_SINGLESTEP, pv->pid, 0, 0) != 0) {
+      rc = vmm__pv_ptrace_failed(pv, "PTRACE_SINGLESTEP");
+      break;
+    }
     int st;
-    if (vmm__pv_wait(pv->pid, &st) != 0 || !WIFSTOPPED(st)) return VMM_ECHILD;
-    if (ptrace(PTRACE_GETREGS, pv->pid, 0, &r) != 0)
-      return vmm__pv_ptrace_failed(pv, "PTRACE_GETREGS");
-    if (WSTOPSIG(st) == SIGTRAP && r.rip == VMM_PV_GADGET_SELF + 2) break;
+    if (vmm__pv_wait(pv->pid, &st) != 0 || !WIFSTOPPED(st)) return VMM_ECHILD; /* gone */
+    if (ptrace(PTRACE_GETREGS, pv->pid, 0, &r) != 0) {
+      rc = vmm__pv_ptrace_failed(pv, "PTRACE_GETREGS");
+      break;
+    }
+    /* After the `syscall` (whatever stopped it there): the call was made. */
+    if (r.rip == VMM_PV_GADGET_SELF + 2) {
+      *ret = (long)r.rax;
+      break;
+    }
     /* A kick's SIGSTOP (or another signal) arrived first: let it go again after the call. */
     if (WSTOPSIG(st) == SIGSTOP) restop = true;
     if (tries >= 8 || r.rip != VMM_PV_GADGET_SELF) {
       VMM_LOG_E("pv: call %ld in sandbox %d stopped at %#llx with signal %d", nr, (int)pv->pid,
                 (unsigned long long)r.rip, WSTOPSIG(st));
-      return VMM_EBACKEND;
+      rc = VMM_EBACKEND;
+      break;
     }
   }
-  *ret = (long)r.rax;
-  if (ptrace(PTRACE_SETREGS, pv->pid, 0, &saved) != 0)
-    return vmm__pv_ptrace_failed(pv, "PTRACE_SETREGS");
+  /* The guest's registers go back whatever happened, while the sandbox lives. */
+  if (ptrace(PTRACE_SETREGS, pv->pid, 0, &saved) != 0 && rc == 0)
+    rc = vmm__pv_ptrace_failed(pv, "PTRACE_SETREGS");
   int fd = atomic_load(&pv->pidfd);
   if (restop && fd >= 0) syscall(SYS_pidfd_send_signal, fd, SIGSTOP, NULL, 0);
-  return 0;
+  return rc;
 }
 
 static size_t vmm_pv_region_index(const vmm_vm_t *vm, const struct vmm_region *r) {
@@ -78,7 +88,7 @@ static int vmm_pv_map_own(vmm_vcpu_t *vcpu, struct vmm_region *r, uint64_t first
   struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
   uint64_t floor = vmm__pv_map_floor();
   long fd = VMM_PV_KEEP_FD_BASE + (long)vmm_pv_region_index(vcpu->vm, r);
-  int prot = PROT_READ | PROT_WRITE | PROT_EXEC;
+  int prot = PROT_READ | PROT_EXEC | ((r->flags & VMM_MEM_READONLY) ? 0 : PROT_WRITE);
   for (uint64_t pg = first; pg < first + n;) {
     if (!vmm__region_page_owned(r, pg)) {
       pg++;
@@ -193,7 +203,20 @@ int vmm__pv_own_pages(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint64
     }
     pthread_mutex_unlock(&pv->remap_lock);
   }
-  int rc = vmm__region_own_now(r, first, n);
+  uint64_t f = first, c = n;
+  int rc = vmm__region_own_now(r, &f, &c);
+  if (rc == 0 && (f != first || c != n)) {
+    /* The whole region became owned: every sandbox maps all of it (none resumes before, as
+     * resuming takes own_lock). */
+    for (size_t i = 0; i < VMM_MAX_VCPUS; i++) {
+      vmm_vcpu_t *v = vm->vcpus[i];
+      if (v == NULL || v->backend_data == NULL) continue;
+      struct vmm_pv_vcpu *pv = vmm_pv_vcpu(v);
+      pthread_mutex_lock(&pv->remap_lock);
+      vmm_pv_queue(pv, r->gpa + f * VMM_PAGE_SIZE, c * VMM_PAGE_SIZE);
+      pthread_mutex_unlock(&pv->remap_lock);
+    }
+  }
   pthread_mutex_unlock(&pvm->own_lock);
   return rc;
 }
