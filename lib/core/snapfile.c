@@ -710,6 +710,7 @@ static int load_one(struct loader *L, struct vmm_snapshot **out) {
     }
   }
   s->path = realpath(L->path, NULL);
+  vmm__snap_finish(s);
 out:
   vmm_snapshot_release(parent);
   cJSON_Delete(m);

@@ -61,6 +61,20 @@ int vmm__snap_region_init(struct vmm_snap_region *r, uint64_t gpa, uint64_t size
   return 0;
 }
 
+void vmm__snap_finish(struct vmm_snapshot *s) {
+  for (size_t i = 0; i < s->nregions; i++) {
+    struct vmm_snap_region *r = &s->regions[i];
+    /* Immutable from now on, in this process too. */
+    if (r->map) mprotect(r->map, r->size, PROT_READ);
+    /* Only a full layer's file is needed again (clones map it); a diff layer lives on in its
+     * mapping, so a long chain of snapshots does not hold a descriptor per layer. */
+    if (!r->full && r->fd >= 0) {
+      close(r->fd);
+      r->fd = -1;
+    }
+  }
+}
+
 void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *data) {
   memcpy(r->map + page * PAGE, data, PAGE);
   vmm__snap_mark(r, page, 1);
@@ -483,6 +497,7 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
   }
   /* Start the log clean: this snapshot holds everything up to now. */
   if (!incremental) vmm__snap_start_logging(vm);
+  vmm__snap_finish(s);
   vmm__snap_link(s, base);
   vm->snap_base = vmm_snapshot_retain(s);
   vmm_snapshot_release(base);

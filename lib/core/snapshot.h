@@ -75,6 +75,8 @@ struct vmm_snapshot *vmm__snap_alloc(void);
 int vmm__snap_region_init(struct vmm_snap_region *r, uint64_t gpa, uint64_t size, uint32_t flags,
                           bool full);
 /* Stores one page into a region layer. */
+/* A snapshot is complete: its layers become read-only, diff layers drop their fd. */
+void vmm__snap_finish(struct vmm_snapshot *s);
 void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *data);
 /* Links a child into its parent's list (the child holds a reference on the parent). */
 void vmm__snap_link(struct vmm_snapshot *child, struct vmm_snapshot *parent);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <cmocka.h>
 
@@ -338,6 +339,34 @@ static void test_full_restore_does_not_allocate_holes(void **state) {
   vmm_vm_destroy(b);
 }
 
+/* A long chain of diff snapshots holds no file descriptor per layer: 600 of them under a limit
+ * of 128 descriptors, then a roll back to an early one. Layers are read-only once taken. */
+static void test_long_chain_within_fd_limit(void **state) {
+  struct fixture *f = *state;
+  struct rlimit old, low;
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = 128;
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+  enum { N = 600 };
+  vmm_snapshot_t **snaps = calloc(N, sizeof(*snaps));
+  int rc = 0, taken = 0;
+  for (int i = 0; i < N && rc == 0; i++) {
+    guest_write(f->vm, 0x9000, (uint8_t)i);
+    rc = vmm_vm_snapshot(f->vm, &snaps[i]);
+    taken += rc == 0;
+  }
+  setrlimit(RLIMIT_NOFILE, &old);
+  assert_int_equal(rc, 0);
+  assert_int_equal(taken, N);
+  struct vmm_snapshot *early = snaps[10];
+  assert_int_equal(early->regions[0].fd, -1); /* a diff layer */
+  assert_int_equal(vmm_vm_restore(f->vm, early), 0);
+  assert_int_equal(peek(f->vm, 0x9000), 10);
+  for (int i = 0; i < N; i++) vmm_snapshot_release(snaps[i]);
+  free(snaps);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_snapshot_and_roll_back, setup, teardown),
@@ -350,6 +379,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_snapshot_refused_while_caller_owes_a_value, setup, teardown),
       cmocka_unit_test(test_vcpu_gap_is_refused),
       cmocka_unit_test(test_full_restore_does_not_allocate_holes),
+      cmocka_unit_test_setup_teardown(test_long_chain_within_fd_limit, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
