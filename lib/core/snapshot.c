@@ -461,6 +461,13 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
   if (out) *out = NULL;
   if (vm == NULL || out == NULL) return VMM_EINVAL;
   if (!vmm_vm_stopped(vm)) return VMM_EBUSY;
+  if (vm->flags & VMM_VM_IRQCHIP) {
+    /* Their state lives in the kernel (kvm) and is not captured yet: such a snapshot would
+     * resume without its interrupt routing and timers. */
+    VMM_LOG_E("snapshot: VMs with in-kernel interrupt controllers and timer (VMM_VM_IRQCHIP) "
+              "cannot be snapshotted yet");
+    return VMM_ENOSYS;
+  }
   struct vmm_snapshot *s = vmm__snap_alloc();
   if (s == NULL) return VMM_ENOMEM;
   s->backend = vm->backend;

@@ -367,6 +367,19 @@ static void test_long_chain_within_fd_limit(void **state) {
   free(snaps);
 }
 
+/* A VM with in-kernel interrupt controllers (whose state is not captured) is refused rather
+ * than snapshotted into something that would not resume. */
+static void test_irqchip_vm_is_refused(void **state) {
+  struct fixture *f = *state;
+  f->vm->flags |= VMM_VM_IRQCHIP; /* as kvm's Linux VMs have it */
+  vmm_snapshot_t *s = (vmm_snapshot_t *)1;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), VMM_ENOSYS);
+  assert_null(s);
+  f->vm->flags &= ~(uint32_t)VMM_VM_IRQCHIP;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  vmm_snapshot_release(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_snapshot_and_roll_back, setup, teardown),
@@ -380,6 +393,7 @@ int main(void) {
       cmocka_unit_test(test_vcpu_gap_is_refused),
       cmocka_unit_test(test_full_restore_does_not_allocate_holes),
       cmocka_unit_test_setup_teardown(test_long_chain_within_fd_limit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_irqchip_vm_is_refused, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
