@@ -25,6 +25,15 @@ VMM_API void vmm_device_destroy(vmm_device_t *dev);
 VMM_API const char *vmm_device_type(const vmm_device_t *dev);
 
 /**
+ * @brief The VM's devices in creation order: how a program finds the devices of a clone
+ *        (vmm_snapshot_clone() re-creates them), e.g. its UART to type into.
+ * @param[in] vm    The VM.
+ * @param[in] index 0 for the first device created.
+ * @return The device, or NULL past the last one (or for a NULL VM).
+ */
+VMM_API vmm_device_t *vmm_vm_device(vmm_vm_t *vm, size_t index);
+
+/**
  * @brief A 16550A UART configuration. Initialize with VMM_UART_CONFIG_INIT.
  */
 typedef struct vmm_uart_config {

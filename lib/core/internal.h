@@ -125,6 +125,11 @@ struct vmm_backend_ops {
    * mapping, and drops the backend's mappings of their base pages. May be NULL when the backend
    * maps RAM only through r->hva. Called on any thread, possibly while vCPUs run. */
   int (*own_pages)(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint64_t n);
+  /* VMs made with VMM_VM_IRQCHIP (kvm): the in-kernel devices' state for snapshots, as JSON;
+   * a check of such JSON that changes nothing; its load (after the vCPUs' states). */
+  cJSON *(*platform_save)(vmm_vm_t *vm, int *rc);
+  int (*platform_check)(vmm_vm_t *vm, const cJSON *state);
+  int (*platform_load)(vmm_vm_t *vm, const cJSON *state);
   /* Appends backend counters; returns how many it has (may exceed cap). */
   size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
 };

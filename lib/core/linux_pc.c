@@ -96,7 +96,73 @@ static void vmm_pc_destroy(vmm_device_t *dev) {
   free(pc);
 }
 
-static const struct vmm_device_ops vmm_pc_ops = {.type = "linux-pc", .destroy = vmm_pc_destroy};
+/* Snapshots: the CMOS index and RAM (the clock itself reads the host's time). */
+static cJSON *vmm_pc_save(vmm_device_t *dev) {
+  struct vmm_linux_pc *pc = (struct vmm_linux_pc *)dev;
+  cJSON *j = cJSON_CreateObject(), *nv = j ? cJSON_AddArrayToObject(j, "nvram") : NULL;
+  pthread_mutex_lock(&pc->lock);
+  bool ok = nv && cJSON_AddNumberToObject(j, "cmos_index", pc->cmos_index);
+  for (size_t i = 0; ok && i < sizeof(pc->nvram); i++)
+    ok = cJSON_AddItemToArray(nv, cJSON_CreateNumber(pc->nvram[i]));
+  pthread_mutex_unlock(&pc->lock);
+  if (!ok) {
+    cJSON_Delete(j);
+    return NULL;
+  }
+  return j;
+}
+
+static bool vmm_pc_byte(const cJSON *v) {
+  return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 255 &&
+         v->valuedouble == (double)(int)v->valuedouble;
+}
+
+static int vmm_pc_check(const vmm_device_t *dev, const cJSON *j) {
+  const struct vmm_linux_pc *pc = (const struct vmm_linux_pc *)dev;
+  const cJSON *nv = cJSON_GetObjectItemCaseSensitive(j, "nvram"), *b;
+  if (!vmm_pc_byte(cJSON_GetObjectItemCaseSensitive(j, "cmos_index")) || !cJSON_IsArray(nv) ||
+      (size_t)cJSON_GetArraySize(nv) != sizeof(pc->nvram))
+    return VMM_ECORRUPT;
+  cJSON_ArrayForEach(b, nv) {
+    if (!vmm_pc_byte(b)) return VMM_ECORRUPT;
+  }
+  return 0;
+}
+
+static int vmm_pc_load(vmm_device_t *dev, const cJSON *j) {
+  struct vmm_linux_pc *pc = (struct vmm_linux_pc *)dev;
+  int rc = vmm_pc_check(dev, j);
+  if (rc) return rc;
+  const cJSON *b;
+  size_t i = 0;
+  pthread_mutex_lock(&pc->lock);
+  pc->cmos_index = (uint8_t)cJSON_GetObjectItemCaseSensitive(j, "cmos_index")->valueint;
+  cJSON_ArrayForEach(b, cJSON_GetObjectItemCaseSensitive(j, "nvram")) pc->nvram[i++] = (uint8_t)b->valueint;
+  pthread_mutex_unlock(&pc->lock);
+  return 0;
+}
+
+/* Clones: the device has no creation parameters. */
+static void *vmm_pc_dup_config(const vmm_device_t *dev) {
+  (void)dev;
+  return calloc(1, 1);
+}
+
+static int vmm_pc_from_config(vmm_vm_t *vm, const void *config, vmm_device_t **out) {
+  (void)config;
+  return vmm_linux_pc_create(vm, out);
+}
+
+static const struct vmm_device_ops vmm_pc_ops = {
+    .type = "linux-pc",
+    .version = 1,
+    .destroy = vmm_pc_destroy,
+    .save = vmm_pc_save,
+    .load = vmm_pc_load,
+    .check = vmm_pc_check,
+    .dup_config = vmm_pc_dup_config,
+    .create_from_config = vmm_pc_from_config,
+};
 
 int vmm_linux_pc_create(vmm_vm_t *vm, vmm_device_t **out) {
   if (out) *out = NULL;
@@ -119,6 +185,11 @@ int vmm_linux_pc_create(vmm_vm_t *vm, vmm_device_t **out) {
     free(pc);
     return rc;
   }
+  /* The device's own handlers: clones re-create the device rather than copy them. */
+  vmm__handler_set_device(pc->h_data, &pc->dev);
+  vmm__handler_set_device(pc->h_cmd, &pc->dev);
+  vmm__handler_set_device(pc->h_cmos, &pc->dev);
+  vmm__handler_set_device(pc->h_post, &pc->dev);
   vmm__device_attach(vm, &pc->dev);
   if (out) *out = &pc->dev;
   return 0;

@@ -111,6 +111,7 @@ static int vmm_snap_clone_into(struct vmm_snapshot *s, vmm_vm_t *vm) {
 int vmm__snap_clone_with_ops(vmm_snapshot_t *s, const struct vmm_backend_ops *ops, vmm_vm_t **out) {
   vmm_vm_config_t vc = VMM_VM_CONFIG_INIT;
   vc.max_vcpus = s->nvcpus ? s->nvcpus : 1;
+  vc.flags = s->platform ? VMM_VM_IRQCHIP : 0;
   int rc = vmm__vm_create_with_ops(&vc, ops, out);
   if (rc) return rc;
   rc = vmm_snap_clone_into(s, *out);
@@ -139,6 +140,7 @@ int vmm_snapshot_clone(vmm_snapshot_t *s, const vmm_clone_config_t *config, vmm_
   vmm_vm_config_t vc = VMM_VM_CONFIG_INIT;
   vc.backend = cfg.backend;
   vc.max_vcpus = s->nvcpus ? s->nvcpus : 1;
+  vc.flags = s->platform ? VMM_VM_IRQCHIP : 0;
   vmm_vm_t *vm = NULL;
   int rc = vmm_vm_create(&vc, &vm);
   if (rc) return rc;

@@ -181,6 +181,10 @@ static cJSON *build_meta(const struct vmm_snapshot *s, bool full, const char *pa
     cJSON *c = vmm__cpu_state_to_json(&s->cpus[i]);
     ok &= c && cJSON_AddItemToArray(vcpus, c);
   }
+  if (ok && s->platform) {
+    cJSON *pl = cJSON_Duplicate(s->platform, 1);
+    ok &= pl && cJSON_AddItemToObject(m, "platform", pl);
+  }
   cJSON *devs = cJSON_AddArrayToObject(m, "devices");
   for (size_t i = 0; ok && devs && i < s->ndevices; i++) {
     cJSON *d = cJSON_CreateObject();
@@ -675,6 +679,17 @@ static int load_one(struct loader *L, struct vmm_snapshot **out) {
     if ((rc = vmm__cpu_state_from_json(c, &s->cpus[ci++])) != 0) goto out;
   }
   if ((rc = parse_devices(L, cJSON_GetObjectItemCaseSensitive(m, "devices"), s)) != 0) goto out;
+  {
+    /* In-kernel interrupt controllers and timer: checked in full against the VM on restore. */
+    cJSON *pl = cJSON_DetachItemFromObjectCaseSensitive(m, "platform");
+    if (pl && !cJSON_IsObject(pl)) {
+      cJSON_Delete(pl);
+      VMM_LOG_E("snapshot %s: \"platform\" is not an object", L->path);
+      rc = VMM_ECORRUPT;
+      goto out;
+    }
+    s->platform = pl;
+  }
   if ((rc = parse_regions(L, cJSON_GetObjectItemCaseSensitive(m, "regions"), s)) != 0) goto out;
   if ((rc = parse_chunks(L, cJSON_GetObjectItemCaseSensitive(m, "chunks"), s)) != 0) goto out;
   {

@@ -138,6 +138,7 @@ void vmm_snapshot_release(vmm_snapshot_t *s) {
     free(s->regions);
     free(s->devices);
     free(s->cpus);
+    cJSON_Delete(s->platform);
     free(s->handlers);
     free(s->children);
     free(s->path);
@@ -461,11 +462,9 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
   if (out) *out = NULL;
   if (vm == NULL || out == NULL) return VMM_EINVAL;
   if (!vmm_vm_stopped(vm)) return VMM_EBUSY;
-  if (vm->flags & VMM_VM_IRQCHIP) {
-    /* Their state lives in the kernel (kvm) and is not captured yet: such a snapshot would
-     * resume without its interrupt routing and timers. */
-    VMM_LOG_E("snapshot: VMs with in-kernel interrupt controllers and timer (VMM_VM_IRQCHIP) "
-              "cannot be snapshotted yet");
+  if ((vm->flags & VMM_VM_IRQCHIP) && vm->ops->platform_save == NULL) {
+    VMM_LOG_E("snapshot: backend %s cannot capture its interrupt controllers and timer",
+              vm->ops->name);
     return VMM_ENOSYS;
   }
   struct vmm_snapshot *s = vmm__snap_alloc();
@@ -476,6 +475,7 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
   int rc = vmm_snap_capture_cpus(vm, s);
   if (rc == 0) rc = vmm_snap_capture_devices(vm, s);
   if (rc == 0) rc = vmm_snap_capture_handlers(vm, s);
+  if (rc == 0 && (vm->flags & VMM_VM_IRQCHIP)) s->platform = vm->ops->platform_save(vm, &rc);
   if (rc) goto fail;
 
   struct vmm_snapshot *base = vm->snap_base;
@@ -547,7 +547,18 @@ int vmm__snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_devi
       return rc;
     }
   }
-  return 0;
+  /* The in-kernel devices (VMM_VM_IRQCHIP) go with the VM kind: both or neither. */
+  bool has = (vm->flags & VMM_VM_IRQCHIP) != 0;
+  if (has != (s->platform != NULL)) {
+    VMM_LOG_E("restore: the snapshot %s interrupt controllers and timer (VMM_VM_IRQCHIP), the VM "
+              "%s", s->platform ? "has" : "has no", has ? "has" : "has not");
+    return VMM_EINVAL;
+  }
+  if (s->platform && vm->ops->platform_check == NULL) {
+    VMM_LOG_E("restore: backend %s cannot load interrupt controller state", vm->ops->name);
+    return VMM_ENOSYS;
+  }
+  return s->platform ? vm->ops->platform_check(vm, s->platform) : 0;
 }
 
 /* The lowest common ancestor of a and b, or NULL. */
@@ -727,6 +738,14 @@ int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **d
         VMM_LOG_E("restore: %s refused its saved state", s->devices[i].type);
         return rc;
       }
+    }
+  }
+  /* Last: device loads may have moved interrupt lines, which the chips' state then sets. */
+  if (s->platform) {
+    rc = vm->ops->platform_load(vm, s->platform);
+    if (rc) {
+      VMM_LOG_E("restore: interrupt controllers and timer refused: %s", vmm_strerror(rc));
+      return rc;
     }
   }
   return 0;

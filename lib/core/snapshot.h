@@ -52,6 +52,9 @@ struct vmm_snapshot {
   struct vmm_snap_device *devices;
   uint64_t hypercall_page_gpa;
   uint64_t exc_stubs_gpa;
+  /* The in-kernel interrupt controllers, timer and clock of a VMM_VM_IRQCHIP VM (backend JSON,
+   * see platform_save), or NULL for a VM without them. */
+  cJSON *platform;
 
   /* What clones copy from the VM besides devices. */
   bool from_file;

@@ -552,6 +552,21 @@ void vmm_device_destroy(vmm_device_t *dev) {
 
 const char *vmm_device_type(const vmm_device_t *dev) { return dev ? dev->ops->type : NULL; }
 
+vmm_device_t *vmm_vm_device(vmm_vm_t *vm, size_t index) {
+  if (vm == NULL) return NULL;
+  pthread_mutex_lock(&vm->lock);
+  size_t n = 0;
+  for (vmm_device_t *d = vm->devices; d; d = d->next) n++;
+  vmm_device_t *found = NULL;
+  /* The list is newest first: device `index` sits n - 1 - index links in. */
+  if (index < n) {
+    found = vm->devices;
+    for (size_t k = 0; k < n - 1 - index; k++) found = found->next;
+  }
+  pthread_mutex_unlock(&vm->lock);
+  return found;
+}
+
 size_t vmm__vm_devices(vmm_vm_t *vm, vmm_device_t ***out) {
   pthread_mutex_lock(&vm->lock);
   size_t n = 0;

@@ -26,4 +26,8 @@ echo "== Linux boot: Debian's kernel on kvm (tests/linux/boot-test.sh)"
   "$B/tests/linux/assets/vmlinuz" "$B/tests/linux/assets/initramfs.cpio"
 rc=$?
 if [ $rc = 77 ]; then echo "SKIP Linux boot (reason above)"; elif [ $rc != 0 ]; then echo "FAILED: Linux boot"; fail=1; fi
+echo "== Linux snapshot: restore, load and clone a running Linux VM"
+"$B/tests/linux/test_linux_snapshot" "$B/tests/linux/assets/vmlinuz" "$B/tests/linux/assets/initramfs.cpio"
+rc=$?
+if [ $rc = 77 ]; then echo "SKIP Linux snapshot (reason above)"; elif [ $rc != 0 ]; then echo "FAILED: Linux snapshot"; fail=1; fi
 exit $fail

@@ -242,6 +242,11 @@ static void test_clone_shares_and_diverges(void **state) {
   assert_int_equal(nd, 2);
   assert_string_equal(vmm_device_type(devs[0]), "uart16550");
   free(devs);
+  /* The public way to the clone's devices, in creation order. */
+  assert_string_equal(vmm_device_type(vmm_vm_device(c1, 0)), "uart16550");
+  assert_ptr_not_equal(vmm_vm_device(c1, 1), NULL);
+  assert_null(vmm_vm_device(c1, 2));
+  assert_null(vmm_vm_device(NULL, 0));
 
   /* A clone rolls back to its snapshot like any VM. */
   assert_int_equal(vmm_vm_restore(c1, s2), 0);
@@ -367,8 +372,9 @@ static void test_long_chain_within_fd_limit(void **state) {
   free(snaps);
 }
 
-/* A VM with in-kernel interrupt controllers (whose state is not captured) is refused rather
- * than snapshotted into something that would not resume. */
+/* A VM with in-kernel interrupt controllers on a backend that cannot capture their state (the
+ * mock; kvm can, tests/linux/test_linux_snapshot.c) is refused rather than snapshotted into
+ * something that would not resume. */
 static void test_irqchip_vm_is_refused(void **state) {
   struct fixture *f = *state;
   f->vm->flags |= VMM_VM_IRQCHIP; /* as kvm's Linux VMs have it */
