@@ -40,7 +40,7 @@ struct vmm_region {
   bool layered;
   int base_fd;
   uint64_t *owned;
-  uint64_t own_maps;   /* Runs mapped from memfd so far (each splits hva). */
+  uint64_t own_maps;   /* Separate runs of own pages (each splits hva in two places). */
   pthread_mutex_t own_lock;
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
   uint64_t *snap_pending; /* Pages the public dirty-log call took that snapshots still need. */

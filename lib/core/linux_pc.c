@@ -70,7 +70,8 @@ static int vmm_pc_cmos(vmm_vcpu_t *vcpu, uint64_t offset, uint32_t size, int is_
     else *data = pc->cmos_index;
   } else if (is_write) {
     /* The clock is the host's; only NVRAM bytes keep what the guest writes. */
-    if (pc->cmos_index > 0x0d && pc->cmos_index != 0x32) pc->nvram[pc->cmos_index] = (uint8_t)*data;
+    uint8_t i = pc->cmos_index & 0x7f;
+    if (i > 0x0d && i != 0x32) pc->nvram[i] = (uint8_t)*data;
   } else {
     *data = vmm_pc_cmos_read(pc, pc->cmos_index);
   }
@@ -120,7 +121,9 @@ static bool vmm_pc_byte(const cJSON *v) {
 static int vmm_pc_check(const vmm_device_t *dev, const cJSON *j) {
   const struct vmm_linux_pc *pc = (const struct vmm_linux_pc *)dev;
   const cJSON *nv = cJSON_GetObjectItemCaseSensitive(j, "nvram"), *b;
-  if (!vmm_pc_byte(cJSON_GetObjectItemCaseSensitive(j, "cmos_index")) || !cJSON_IsArray(nv) ||
+  const cJSON *idx = cJSON_GetObjectItemCaseSensitive(j, "cmos_index");
+  /* The index register has 7 bits (bit 7 of the port write masks NMIs). */
+  if (!vmm_pc_byte(idx) || idx->valueint > 0x7f || !cJSON_IsArray(nv) ||
       (size_t)cJSON_GetArraySize(nv) != sizeof(pc->nvram))
     return VMM_ECORRUPT;
   cJSON_ArrayForEach(b, nv) {

@@ -533,7 +533,9 @@ int vmm__snap_check_devices(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_devi
                 s->devices[i].type);
       return VMM_EINVAL;
     }
-    if (s->devices[i].version != (*devs)[i]->ops->version) {
+    /* A device that had no state (version 0, state null) still restores as it was saved. */
+    bool stateless_v0 = s->devices[i].version == 0 && s->devices[i].state == NULL;
+    if (s->devices[i].version != (*devs)[i]->ops->version && !stateless_v0) {
       VMM_LOG_E("restore: %s state version %u, this library reads version %u", s->devices[i].type,
                 s->devices[i].version, (*devs)[i]->ops->version);
       return VMM_EVERSION;

@@ -208,7 +208,11 @@ static int vmm_region_own_runs(struct vmm_region *r, uint64_t first, uint64_t n,
       if (mmap(r->hva + off, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
                (off_t)off) == MAP_FAILED)
         return VMM_ENOMEM;
-      r->own_maps++;
+      /* Runs of own pages next to each other merge into one mapping: count separate runs. */
+      bool left = pg > 0 && vmm__region_page_owned(r, pg - 1);
+      bool right = pg + run < r->size / VMM_PAGE_SIZE && vmm__region_page_owned(r, pg + run);
+      if (!left && !right) r->own_maps++;
+      else if (left && right && r->own_maps) r->own_maps--;
       for (uint64_t i = pg; i < pg + run; i++)
         __atomic_fetch_or(&r->owned[i / 64], 1ull << (i % 64), __ATOMIC_RELEASE);
     }
@@ -225,7 +229,17 @@ int vmm__region_own_now(struct vmm_region *r, uint64_t *first, uint64_t *n) {
   int rc = r->own_maps < VMM_OWN_MAX_MAPS ? vmm_region_own_runs(r, *first, *n, true) : VMM_ENOMEM;
   if (rc == VMM_ENOMEM) {
     uint64_t all = r->size / VMM_PAGE_SIZE;
-    rc = vmm_region_own_runs(r, 0, all, false);
+    /* Only the base's data needs copying: its holes are holes of memfd too. */
+    rc = 0;
+    for (off_t pos = 0; rc == 0 && pos < (off_t)r->size;) {
+      off_t data = lseek(r->base_fd, pos, SEEK_DATA);
+      if (data < 0) break; /* ENXIO: no data after pos */
+      off_t hole = lseek(r->base_fd, data, SEEK_HOLE);
+      if (hole < 0 || hole > (off_t)r->size) hole = (off_t)r->size;
+      uint64_t f = (uint64_t)data / VMM_PAGE_SIZE, l = ((uint64_t)hole + VMM_PAGE_SIZE - 1) / VMM_PAGE_SIZE;
+      rc = vmm_region_own_runs(r, f, l - f, false);
+      pos = hole;
+    }
     if (rc == 0 && mmap(r->hva, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
                         r->memfd, 0) == MAP_FAILED)
       rc = VMM_ENOMEM;

@@ -386,6 +386,24 @@ static void test_irqchip_vm_is_refused(void **state) {
   vmm_snapshot_release(s);
 }
 
+/* linux-pc: its CMOS index and RAM come back; an index beyond the 7-bit register (which would
+ * address past the 128-byte RAM) is refused before anything changes. */
+static void test_linux_pc_state(void **state) {
+  struct fixture *f = *state;
+  vmm_device_t *pc;
+  assert_int_equal(vmm_linux_pc_create(f->vm, &pc), 0);
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  struct vmm_snapshot *si = (struct vmm_snapshot *)s;
+  cJSON *st = si->devices[2].state;
+  assert_string_equal(si->devices[2].type, "linux-pc");
+  assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(st, "nvram")), 128);
+  assert_int_equal(vmm_vm_restore(f->vm, s), 0);
+  cJSON_ReplaceItemInObjectCaseSensitive(st, "cmos_index", cJSON_CreateNumber(200));
+  assert_int_equal(vmm_vm_restore(f->vm, s), VMM_ECORRUPT);
+  vmm_snapshot_release(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_snapshot_and_roll_back, setup, teardown),
@@ -400,6 +418,7 @@ int main(void) {
       cmocka_unit_test(test_full_restore_does_not_allocate_holes),
       cmocka_unit_test_setup_teardown(test_long_chain_within_fd_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_irqchip_vm_is_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_linux_pc_state, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -728,7 +728,7 @@ int vmm__bt_helper_entry(struct bt_ctrl *ctrl) {
       if (d->kind != BT_H_HYPERCALL) ctrl->rip = d->rip + d->len;
       /* The block may go on only if nothing asks the dispatcher to look. */
       if (ctrl->kick || v->state_changed || v->flush_needed || v->window_flush_needed ||
-          v->vcpu->exit_requested || v->have_out)
+          v->vcpu->exit_requested || v->have_out || v->run_error)
         break;
       return 0;
     case BT_EMU_JUMP: break;

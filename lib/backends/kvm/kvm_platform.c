@@ -52,18 +52,21 @@ int vmm__kvm_platform_init(vmm_vm_t *vm, struct vmm_kvm_vm *k) {
  * EOI, async page faults, steal time), which the backend-neutral CPU state does not carry.
  * Restorable only into a kvm VM made with VMM_VM_IRQCHIP. */
 
+/* In the order they are written back (the async page fault vector before its enable). */
 static const uint32_t vmm_kvm_platform_msrs[] = {
     0x0000003b, /* IA32_TSC_ADJUST */
+    0x00000048, /* IA32_SPEC_CTRL */
+    0x00000da0, /* IA32_XSS */
     0x000006e0, /* IA32_TSC_DEADLINE */
     0x00000011, /* MSR_KVM_WALL_CLOCK */
     0x00000012, /* MSR_KVM_SYSTEM_TIME */
     0x4b564d00, /* MSR_KVM_WALL_CLOCK_NEW */
     0x4b564d01, /* MSR_KVM_SYSTEM_TIME_NEW */
+    0x4b564d06, /* MSR_KVM_ASYNC_PF_INT */
     0x4b564d02, /* MSR_KVM_ASYNC_PF_EN */
     0x4b564d03, /* MSR_KVM_STEAL_TIME */
     0x4b564d04, /* MSR_KVM_PV_EOI_EN */
     0x4b564d05, /* MSR_KVM_POLL_CONTROL */
-    0x4b564d06, /* MSR_KVM_ASYNC_PF_INT */
 };
 
 static char *vmm_kvm_hex(const void *p, size_t n) {
@@ -148,6 +151,16 @@ cJSON *vmm__kvm_platform_save(vmm_vm_t *vm, int *rc) {
     struct kvm_lapic_state lapic;
     if ((*rc = vmm__kvm_ioctl(kv->fd, KVM_GET_LAPIC, &lapic, "KVM_GET_LAPIC")) < 0) goto fail;
     if (!vmm_kvm_add_hex(o, "lapic", &lapic, sizeof(lapic))) goto nomem;
+    /* The full MP state (the CPU state says only halted or not): application processors
+     * waiting for INIT/SIPI must come back waiting, with the SIPI vector they were given. */
+    struct kvm_mp_state mp;
+    struct kvm_vcpu_events ev;
+    if ((*rc = vmm__kvm_ioctl(kv->fd, KVM_GET_MP_STATE, &mp, "KVM_GET_MP_STATE")) < 0 ||
+        (*rc = vmm__kvm_ioctl(kv->fd, KVM_GET_VCPU_EVENTS, &ev, "KVM_GET_VCPU_EVENTS")) < 0)
+      goto fail;
+    if (!cJSON_AddNumberToObject(o, "mp_state", mp.mp_state) ||
+        !cJSON_AddNumberToObject(o, "sipi_vector", ev.sipi_vector))
+      goto nomem;
     cJSON *msrs = cJSON_AddObjectToObject(o, "msrs");
     if (msrs == NULL) goto nomem;
     for (size_t m = 0; m < VMM_ARRAY_SIZE(vmm_kvm_platform_msrs); m++) {
@@ -215,8 +228,16 @@ int vmm__kvm_platform_check(vmm_vm_t *vm, const cJSON *j) {
   cJSON_ArrayForEach(o, vcpus) {
     struct kvm_lapic_state lapic;
     const cJSON *msrs = cJSON_GetObjectItemCaseSensitive(o, "msrs"), *m;
-    if (!vmm_kvm_unhex(o, "lapic", NULL, sizeof(lapic)) || !cJSON_IsObject(msrs))
+    const cJSON *mp = cJSON_GetObjectItemCaseSensitive(o, "mp_state");
+    const cJSON *sipi = cJSON_GetObjectItemCaseSensitive(o, "sipi_vector");
+    if (!vmm_kvm_unhex(o, "lapic", NULL, sizeof(lapic)) || !cJSON_IsObject(msrs) ||
+        !cJSON_IsNumber(mp) || mp->valuedouble < KVM_MP_STATE_RUNNABLE ||
+        mp->valuedouble > KVM_MP_STATE_SIPI_RECEIVED || mp->valuedouble != (int)mp->valuedouble ||
+        !cJSON_IsNumber(sipi) || sipi->valuedouble < 0 || sipi->valuedouble > 255 ||
+        sipi->valuedouble != (int)sipi->valuedouble) {
+      VMM_LOG_E("kvm: platform state: a vCPU entry lacks its local APIC, MSRs or MP state");
       return VMM_ECORRUPT;
+    }
     cJSON_ArrayForEach(m, msrs) {
       uint64_t index, value;
       if (!vmm_kvm_parse_u64(m->string, &index) || index > UINT32_MAX ||
@@ -224,6 +245,20 @@ int vmm__kvm_platform_check(vmm_vm_t *vm, const cJSON *j) {
         VMM_LOG_E("kvm: platform state: MSR entry %s is not one this library saves",
                   m->string ? m->string : "(unnamed)");
         return VMM_ECORRUPT;
+      }
+      /* This KVM must have it (the snapshot may come from another host): a read tells. */
+      struct {
+        struct kvm_msrs hdr;
+        struct kvm_msr_entry e;
+      } one;
+      memset(&one, 0, sizeof(one));
+      one.hdr.nmsrs = 1;
+      one.e.index = (uint32_t)index;
+      vmm_vcpu_t *v0 = NULL;
+      for (uint32_t i = 0; i < VMM_MAX_VCPUS && v0 == NULL; i++) v0 = vm->vcpus[i];
+      if (v0 && ioctl(vmm_kvm_vcpu(v0)->fd, KVM_GET_MSRS, &one) != 1) {
+        VMM_LOG_E("kvm: the snapshot has MSR %#x, which this host's KVM lacks", one.e.index);
+        return VMM_ENOSYS;
       }
     }
   }
@@ -243,6 +278,16 @@ int vmm__kvm_platform_load(vmm_vm_t *vm, const cJSON *j) {
     struct kvm_lapic_state lapic;
     vmm_kvm_unhex(o, "lapic", &lapic, sizeof(lapic));
     if ((rc = vmm__kvm_ioctl(kv->fd, KVM_SET_LAPIC, &lapic, "KVM_SET_LAPIC")) < 0) return rc;
+    struct kvm_vcpu_events ev;
+    if ((rc = vmm__kvm_ioctl(kv->fd, KVM_GET_VCPU_EVENTS, &ev, "KVM_GET_VCPU_EVENTS")) < 0)
+      return rc;
+    ev.sipi_vector = (uint32_t)cJSON_GetObjectItemCaseSensitive(o, "sipi_vector")->valueint;
+    ev.flags |= KVM_VCPUEVENT_VALID_SIPI_VECTOR;
+    if ((rc = vmm__kvm_ioctl(kv->fd, KVM_SET_VCPU_EVENTS, &ev, "KVM_SET_VCPU_EVENTS")) < 0)
+      return rc;
+    struct kvm_mp_state mp = {
+        .mp_state = (uint32_t)cJSON_GetObjectItemCaseSensitive(o, "mp_state")->valueint};
+    if ((rc = vmm__kvm_ioctl(kv->fd, KVM_SET_MP_STATE, &mp, "KVM_SET_MP_STATE")) < 0) return rc;
     const cJSON *m;
     cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(o, "msrs")) {
       uint64_t index = 0, value = 0;

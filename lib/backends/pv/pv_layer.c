@@ -55,13 +55,13 @@ static int vmm_pv_remote_call(struct vmm_pv_vcpu *pv, long nr, const long a[6], 
       rc = vmm__pv_ptrace_failed(pv, "PTRACE_GETREGS");
       break;
     }
+    /* A kick's SIGSTOP (or another signal) may stop it first: let it go again after the call. */
+    if (WSTOPSIG(st) == SIGSTOP) restop = true;
     /* After the `syscall` (whatever stopped it there): the call was made. */
     if (r.rip == VMM_PV_GADGET_SELF + 2) {
       *ret = (long)r.rax;
       break;
     }
-    /* A kick's SIGSTOP (or another signal) arrived first: let it go again after the call. */
-    if (WSTOPSIG(st) == SIGSTOP) restop = true;
     if (tries >= 8 || r.rip != VMM_PV_GADGET_SELF) {
       VMM_LOG_E("pv: call %ld in sandbox %d stopped at %#llx with signal %d", nr, (int)pv->pid,
                 (unsigned long long)r.rip, WSTOPSIG(st));
