@@ -176,6 +176,13 @@ int main(int argc, char **argv) {
     printf("SKIP Linux snapshot: no kvm here (ctest -L nested runs it)\n");
     return 77;
   }
+  /* On kvm_pvm hosts guest CPL0 code is emulated slowly and without SSE: Linux does not reach
+   * its shell there (docs/linux-boot.md; boot-test.sh checks only the banner on them). */
+  if (access("/sys/module/kvm_pvm", F_OK) == 0 && access("/sys/module/kvm_intel", F_OK) != 0 &&
+      access("/sys/module/kvm_amd", F_OK) != 0) {
+    printf("SKIP Linux snapshot: kvm_pvm host, where Linux does not reach its shell\n");
+    return 77;
+  }
   static struct machine a, b, c;
   int rc = make_machine(&a);
   if (rc) {
