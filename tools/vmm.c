@@ -46,7 +46,8 @@ static const char *const vmm_usage_text =
     "  -i, --initrd FILE    initramfs for --kernel\n"
     "  -g, --guest-decompress  let a bzImage decompress itself in the guest\n"
     "  -S, --save FILE      when the guest makes the snapshot hypercall (VMM_HC_SNAPSHOT),\n"
-    "                       save a snapshot to FILE (atomically; later ones replace it)\n"
+    "                       or vmm gets SIGUSR1 (any guest, Linux too), save a snapshot\n"
+    "                       to FILE (atomically; later ones replace it)\n"
     "  -X, --stop-after-save  end the run (status 0) after the first save\n"
     "  -s, --stats          print the vCPU counters to stderr at the end\n"
     "  -v, --verbose        log library messages to stderr (twice: debug)\n"
@@ -56,7 +57,8 @@ static const char *const vmm_usage_text =
     "With --kernel: 0 when Linux reboots or powers off, 122 triple fault.\n"
     "\n"
     "vmm restore loads a snapshot file (and its parents), creates a VM with the same RAM and\n"
-    "the same devices as vmm run, and continues the guest where it was, on any backend.\n"
+    "the same devices as vmm run, and continues the guest where it was, on any backend (a\n"
+    "Linux VM's snapshot: on kvm, with its interrupt controllers and timer).\n"
     "vmm snapshot info prints what a snapshot file holds.\n";
 
 struct vmm_run_opts {
@@ -130,6 +132,15 @@ static void vmm_on_halt_probe(uv_timer_t *t) {
   vmm_vcpu_kick(r->vcpu);
 }
 
+/* SIGUSR1 with --save: a snapshot at the vCPU's next stop, for guests that cannot make the
+ * snapshot hypercall (Linux). */
+static void vmm_on_usr1(uv_signal_t *s, int signum) {
+  (void)signum;
+  struct vmm_runner *r = s->data;
+  atomic_store(&r->ses->snapshot_requested, 1);
+  vmm_vcpu_kick(r->vcpu);
+}
+
 static void vmm_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)h;
   static char storage[4096];
@@ -173,6 +184,10 @@ int vmm_runner_start(struct vmm_runner *r, double timeout, int linux_mode,
     uv_timer_init(&r->loop, &r->halt_probe);
     r->halt_probe.data = r;
     uv_timer_start(&r->halt_probe, vmm_on_halt_probe, 1000, 1000);
+  }
+  if (r->ses && r->ses->save_path && uv_signal_init(&r->loop, &r->usr1) == 0) {
+    r->usr1.data = r;
+    uv_signal_start(&r->usr1, vmm_on_usr1, SIGUSR1);
   }
   uv_handle_type t = uv_guess_handle(STDIN_FILENO);
   if (t == UV_TTY && uv_tty_init(&r->loop, &r->in.tty, STDIN_FILENO, 1) == 0) {
@@ -377,6 +392,7 @@ static int vmm_cmd_run(const struct vmm_run_opts *o) {
   memset(&runner, 0, sizeof(runner));
   runner.vcpu = vcpu;
   runner.uart = uart;
+  runner.ses = &ses;
   uv_thread_t tid;
   if (vmm_runner_start(&runner, o->timeout, o->kernel != NULL, &tid) != 0) {
     fprintf(stderr, "vmm: cannot start the host event loop\n");

@@ -76,9 +76,12 @@ int vmm_cmd_restore(int argc, char **argv) {
   }
   vmm_snapshot_info_t info = VMM_SNAPSHOT_INFO_INIT;
   vmm_snapshot_info(snap, &info);
+  /* A Linux VM (`vmm run --kernel`) comes back with its interrupt controllers and PC bits. */
+  int linux_mode = (info.flags & VMM_SNAPSHOT_INFO_IRQCHIP) != 0;
   vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
   cfg.backend = backend;
   cfg.max_vcpus = info.vcpus ? info.vcpus : 1;
+  if (linux_mode) cfg.flags |= VMM_VM_IRQCHIP;
   vmm_vm_t *vm = NULL;
   int status = VMM_TOOL_USAGE;
   if ((rc = vmm_vm_create(&cfg, &vm)) != 0) {
@@ -93,12 +96,13 @@ int vmm_cmd_restore(int argc, char **argv) {
   for (size_t i = 0; rc == 0 && i < n && i < 64; i++)
     rc = vmm_vm_map_ram(vm, regions[i].gpa, regions[i].size, regions[i].flags, NULL);
   vmm_device_t *uart = NULL;
-  if (rc == 0) rc = vmm_standard_devices(vm, 0, &uart);
+  if (rc == 0) rc = vmm_standard_devices(vm, linux_mode, &uart);
   for (uint32_t i = 0; rc == 0 && i < info.vcpus; i++) {
     vmm_vcpu_t *v;
     rc = vmm_vcpu_create(vm, i, &v);
   }
-  struct vmm_session ses = {.vm = vm, .vcpu = vmm_vm_vcpu(vm, 0), .save_path = save, .verbose = verbose};
+  struct vmm_session ses = {.vm = vm, .vcpu = vmm_vm_vcpu(vm, 0), .save_path = save,
+                            .linux_mode = linux_mode, .verbose = verbose};
   if (rc == 0) rc = vmm_session_enable_snapshots(&ses);
   if (rc == 0) rc = vmm_vm_restore(vm, snap);
   if (rc != 0) {
@@ -113,8 +117,9 @@ int vmm_cmd_restore(int argc, char **argv) {
   memset(&runner, 0, sizeof(runner));
   runner.vcpu = ses.vcpu;
   runner.uart = uart;
+  runner.ses = &ses;
   uv_thread_t tid;
-  if (vmm_runner_start(&runner, timeout, 0, &tid) != 0) goto out;
+  if (vmm_runner_start(&runner, timeout, linux_mode, &tid) != 0) goto out;
   status = vmm_run_loop(&ses, &runner);
   vmm_runner_stop(&runner, &tid);
 out:
@@ -139,6 +144,9 @@ static int vmm_snapshot_info_cmd(const char *path) {
   for (int i = 0; i < 16; i++) printf("%02x", info.content_hash[i]);
   printf("\ntaken on:    %s\n", vmm_backend_name((vmm_backend_t)info.backend));
   printf("vcpus:       %u\n", info.vcpus);
+  printf("platform:    %s\n", (info.flags & VMM_SNAPSHOT_INFO_IRQCHIP)
+                                   ? "in-kernel interrupt controllers and timer (a Linux VM)"
+                                   : "none");
   printf("ram:         %" PRIu64 " MiB in", info.ram_bytes >> 20);
   vmm_ram_region_t r[64];
   size_t n = 0;

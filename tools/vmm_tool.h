@@ -19,6 +19,8 @@ enum {
 struct vmm_runner {
   vmm_vcpu_t *vcpu;
   vmm_device_t *uart;
+  struct vmm_session *ses; /* With a save path: SIGUSR1 asks for a snapshot. */
+  uv_signal_t usr1;
   uv_loop_t loop;
   uv_timer_t timer;
   uv_timer_t halt_probe;

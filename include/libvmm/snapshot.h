@@ -122,14 +122,20 @@ typedef struct vmm_snapshot_info {
   uint64_t own_pages;     /**< Pages stored in this snapshot itself (not in its ancestors). */
   uint64_t id;            /**< Unique in the process. */
   uint8_t content_hash[16]; /**< Hash of the saved file; zero until saved or loaded. */
+  uint32_t flags;         /**< VMM_SNAPSHOT_INFO_* (filled when struct_size covers it). */
 } vmm_snapshot_info_t;
+
+/** @brief vmm_snapshot_info_t.flags: taken on a VM made with VMM_VM_IRQCHIP (it holds the
+ *         in-kernel interrupt controllers' state and restores only into such a VM). */
+#define VMM_SNAPSHOT_INFO_IRQCHIP (1u << 0)
 
 /** @brief Initializer for vmm_snapshot_info_t. */
 #define VMM_SNAPSHOT_INFO_INIT { .struct_size = sizeof(vmm_snapshot_info_t) }
 
 /**
  * @brief Describes a snapshot.
- * @return 0; VMM_EINVAL for NULL or a struct_size smaller than the first version.
+ * @return 0; VMM_EINVAL for NULL or a struct_size smaller than the first version (which ends
+ *         before `flags`).
  */
 VMM_API int vmm_snapshot_info(const vmm_snapshot_t *snap, vmm_snapshot_info_t *info);
 

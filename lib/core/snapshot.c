@@ -170,8 +170,10 @@ int vmm_snapshot_children(const vmm_snapshot_t *s, vmm_snapshot_t **out, size_t 
 }
 
 int vmm_snapshot_info(const vmm_snapshot_t *s, vmm_snapshot_info_t *info) {
-  if (s == NULL || info == NULL || info->struct_size < sizeof(vmm_snapshot_info_t))
+  if (s == NULL || info == NULL || info->struct_size < offsetof(vmm_snapshot_info_t, flags))
     return VMM_EINVAL;
+  if (info->struct_size >= offsetof(vmm_snapshot_info_t, flags) + sizeof(info->flags))
+    info->flags = s->platform ? VMM_SNAPSHOT_INFO_IRQCHIP : 0;
   info->backend = s->backend;
   info->vcpus = s->nvcpus;
   info->depth = s->depth;

@@ -127,7 +127,45 @@ check_e820 "$tmp/run.log" "0000000000000000-000000000009fbff 0000000000100000-00
 check_log "vmm run" "$tmp/run.log" "^SHELL-42" "shell output"
 check_status "vmm run" "$(cat "$tmp/st")"
 
-# 3. The kernel's own decompressor (slow where guest code is emulated; optional).
+# 3. vmm run --save: SIGUSR1 at the shell saves a snapshot of the running Linux VM; vmm restore
+#    continues it (interrupt controllers and timer included) and its shell answers.
+echo "== vmm run --kernel --save, SIGUSR1 at the shell; vmm restore continues"
+mkfifo "$tmp/in2" "$tmp/in3"
+t0=$(up)
+"$VMM" run -b kvm --mem 256M --timeout "$TIMEOUT" --kernel "$KERNEL" --initrd "$INITRD" \
+  --cmdline "$BASE" --save "$tmp/linux.snap" <"$tmp/in2" >"$tmp/save.log" 2>"$tmp/err" &
+vpid=$!
+exec 4>"$tmp/in2"
+i=0
+while ! grep -q "@@LIBVMM-SHELL@@" "$tmp/save.log" 2>/dev/null && [ $i -lt "$TIMEOUT" ]; do
+  sleep 1; i=$((i + 1))
+done
+sleep 2
+kill -USR1 "$vpid" 2>/dev/null
+i=0
+while [ ! -s "$tmp/linux.snap" ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+printf 'exit\n' >&4
+exec 4>&-
+wait "$vpid"
+echo "  saved after $(since "$t0") s"
+if [ -s "$tmp/linux.snap" ] && "$VMM" snapshot info "$tmp/linux.snap" | grep -q "platform: .*interrupt controllers"; then
+  echo "PASS vmm run --save: a Linux snapshot on SIGUSR1"
+else
+  echo "FAIL vmm run --save: no Linux snapshot after SIGUSR1"; sed 's/^/    stderr: /' "$tmp/err" | tail -n 10; fails=$((fails + 1))
+fi
+"$VMM" restore --timeout "$TIMEOUT" "$tmp/linux.snap" <"$tmp/in3" >"$tmp/restore.log" 2>"$tmp/err" &
+rpid=$!
+exec 4>"$tmp/in3"
+sleep 2
+printf 'echo RESTORED-$((6 * 7))\nexit\n' >&4
+exec 4>&-
+wait "$rpid"
+echo $? >"$tmp/st"
+echo "  restored run done after $(since "$t0") s"
+check_log "vmm restore" "$tmp/restore.log" "^RESTORED-42" "shell output after the restore"
+check_status "vmm restore" "$(cat "$tmp/st")"
+
+# 4. The kernel's own decompressor (slow where guest code is emulated; optional).
 if [ "${LIBVMM_LINUX_GUEST_DECOMPRESS:-1}" = 1 ]; then
   echo "== boot-linux example: the bzImage decompresses itself"
   run_example "guest decompression" "$tmp/g.log" -g -m 256 -t "$TIMEOUT" -i "$INITRD" -c "$BASE libvmm.poweroff" "$KERNEL"
