@@ -424,6 +424,43 @@ static int vmm_snap_capture_full(struct vmm_region *live, struct vmm_snap_region
   return 0;
 }
 
+/* A backend that works on the VMM's mapping (kvm): the VM's memfd becomes the full layer as it
+ * is, without a copy, and the VM goes on in a private copy-on-write mapping of it at the same
+ * address (pointers the program holds stay valid and writable; KVM follows the mapping). */
+static int vmm_snap_adopt(vmm_vm_t *vm, struct vmm_region *live, struct vmm_snap_region *r) {
+  int fd = fcntl(live->memfd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return vmm__from_errno(errno);
+  uint8_t *map = mmap(NULL, live->size, PROT_READ, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (map == MAP_FAILED) {
+    close(fd);
+    return vmm__from_errno(errno);
+  }
+  if (mmap(live->hva, live->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
+           live->memfd, 0) == MAP_FAILED) {
+    VMM_LOG_E("snapshot: cannot remap guest RAM copy-on-write: %s", strerror(errno));
+    munmap(map, live->size);
+    close(fd);
+    return VMM_ENOMEM;
+  }
+  if (!(vm->flags & VMM_VM_NO_HUGEPAGES)) madvise(live->hva, live->size, MADV_HUGEPAGE);
+  live->cow = true;
+  munmap(r->map, r->size);
+  close(r->fd);
+  r->fd = fd;
+  r->map = map;
+  /* Stored: whatever holds data in the file (holes are zero pages). */
+  for (off_t pos = 0; pos < (off_t)r->size;) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) break; /* ENXIO: no data after pos */
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0 || hole > (off_t)r->size) hole = (off_t)r->size;
+    uint64_t f = (uint64_t)data / PAGE, l = ((uint64_t)hole + PAGE - 1) / PAGE;
+    vmm__snap_mark(r, f, l - f);
+    pos = hole;
+  }
+  return 0;
+}
+
 static bool vmm_snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s) {
   if (s == NULL || s->nregions != vm->nregions) return false;
   for (size_t i = 0; i < vm->nregions; i++)
@@ -511,6 +548,9 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
       for (uint64_t pg = 0; pg < s->regions[i].npages; pg++)
         if (bit_get(bm, pg)) vmm__snap_store_page(&s->regions[i], pg, live->hva + pg * PAGE);
       free(bm);
+    } else if ((vm->ops->caps & VMM__CAP_RAM_COW) && !live->cow && !live->layered) {
+      rc = vmm_snap_adopt(vm, live, &s->regions[i]);
+      if (rc) goto fail;
     } else {
       rc = vmm_snap_capture_full(live, &s->regions[i]);
       if (rc) goto fail;

@@ -163,6 +163,17 @@ vmm_vm_t *mock_vm_create(uint64_t ram) {
   return vm;
 }
 
+vmm_vm_t *mock_vm_create_cow(uint64_t ram) {
+  static struct vmm_backend_ops cow_ops;
+  cow_ops = mock_backend_ops;
+  cow_ops.caps = VMM__CAP_RAM_COW; /* works on the VMM's mapping, as kvm does */
+  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
+  cfg.ram_size = ram;
+  vmm_vm_t *vm = NULL;
+  if (vmm__vm_create_with_ops(&cfg, &cow_ops, &vm) != 0) return NULL;
+  return vm;
+}
+
 struct mock_vcpu *mock_vcpu_of(vmm_vcpu_t *vcpu) { return vcpu->backend_data; }
 struct mock_vm *mock_vm_of(vmm_vm_t *vm) { return vm->backend_data; }
 

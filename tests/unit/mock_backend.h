@@ -31,6 +31,8 @@ extern const struct vmm_backend_ops mock_backend_ops;
 
 /* A VM on the mock backend with RAM at 0 (no RAM when ram is 0). */
 vmm_vm_t *mock_vm_create(uint64_t ram);
+/* The same with the copy-on-write capability kvm has (first snapshots adopt the memfd). */
+vmm_vm_t *mock_vm_create_cow(uint64_t ram);
 struct mock_vcpu *mock_vcpu_of(vmm_vcpu_t *vcpu);
 struct mock_vm *mock_vm_of(vmm_vm_t *vm);
 void mock_push_exit(vmm_vcpu_t *vcpu, const vmm_exit_t *exit);

@@ -404,6 +404,40 @@ static void test_linux_pc_state(void **state) {
   vmm_snapshot_release(s);
 }
 
+/* On a backend that works on the VMM's mapping (kvm), the first snapshot takes the VM's memfd
+ * as its full layer without copying; the VM goes on in a private copy-on-write mapping at the
+ * same address, so a pointer taken before stays valid and writable, writes after the snapshot
+ * do not reach it, and rolling back brings the snapshot's bytes back. */
+static void test_first_snapshot_adopts_memory(void **state) {
+  (void)state;
+  vmm_vm_t *vm = mock_vm_create_cow(RAM);
+  assert_non_null(vm);
+  vmm_vcpu_t *v;
+  assert_int_equal(vmm_vcpu_create(vm, 0, &v), 0);
+  void *hva;
+  assert_int_equal(vmm_vm_gpa_to_hva(vm, 0x9000, 1, &hva), 0);
+  *(uint8_t *)hva = 42;
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(vm, &s), 0);
+  struct vmm_region *live = vm->regions[0];
+  assert_true(live->cow);
+  struct stat a, b;
+  assert_int_equal(fstat(live->memfd, &a), 0);
+  assert_int_equal(fstat(((struct vmm_snapshot *)s)->regions[0].fd, &b), 0);
+  assert_true(a.st_ino == b.st_ino); /* the same file: nothing was copied */
+  *(uint8_t *)hva = 7;               /* through the old pointer (a guest write, as logged:) */
+  mock_vm_of(vm)->dirty[0] |= 1ull << 9;
+  uint8_t got = 0;
+  assert_int_equal(vmm_snapshot_read(s, 0x9000, &got, 1), 0);
+  assert_int_equal(got, 42);
+  guest_write(vm, 0xa000, 9);
+  assert_int_equal(vmm_vm_restore(vm, s), 0);
+  assert_int_equal(peek(vm, 0x9000), 42);
+  assert_int_equal(peek(vm, 0xa000), 0);
+  vmm_snapshot_release(s);
+  vmm_vm_destroy(vm);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_snapshot_and_roll_back, setup, teardown),
@@ -419,6 +453,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_long_chain_within_fd_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_irqchip_vm_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_linux_pc_state, setup, teardown),
+      cmocka_unit_test(test_first_snapshot_adopts_memory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
