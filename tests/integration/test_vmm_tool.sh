@@ -71,14 +71,16 @@ for b in kvm bt pv; do
   "$VMM" run --backend "$b" "$G/snapme.elf" 2>/dev/null | grep "after snapshot" > "$tmp/$b.straight"
   if cmp -s "$tmp/$b.after" "$tmp/$b.straight"; then echo "PASS $b restored run prints what an uninterrupted run prints"; else echo "FAIL $b restored run differs"; fails=$((fails+1)); fi
   # SIGUSR1 with --save: a snapshot of a guest that never asks for one (spin.elf loops).
+  # Generous waits: under the nested harness (QEMU TCG) bt starts slowly.
   rm -f "$tmp/$b.usr1"
-  "$VMM" run --backend "$b" --timeout 20 --save "$tmp/$b.usr1" "$G/spin.elf" >"$tmp/usr1.out" 2>&1 &
+  "$VMM" run --backend "$b" --timeout 300 --save "$tmp/$b.usr1" "$G/spin.elf" >"$tmp/usr1.out" 2>&1 &
   pid=$!
   i=0
-  while ! grep -q spinning "$tmp/usr1.out" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  while ! grep -q spinning "$tmp/usr1.out" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+  grep -q spinning "$tmp/usr1.out" || echo "  ($b: no 'spinning' after 120 s; sending SIGUSR1 anyway)"
   kill -USR1 "$pid"
   i=0
-  while [ ! -f "$tmp/$b.usr1" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  while [ ! -f "$tmp/$b.usr1" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
   check "$b save on SIGUSR1" 0 "taken on:    $b" "$VMM" snapshot info "$tmp/$b.usr1"
   avail="$avail $b"
