@@ -4,6 +4,7 @@
 B=$1
 S=$2
 fail=0
+export LIBVMM_NESTED=1
 step() {
   echo "== $*"
   "$@" || { echo "FAILED: $*"; fail=1; }
