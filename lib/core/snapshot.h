@@ -78,6 +78,18 @@ struct vmm_snapshot *vmm__snap_alloc(void);
 int vmm__snap_region_init(struct vmm_snap_region *r, uint64_t gpa, uint64_t size, uint32_t flags,
                           bool full);
 /* Stores one page into a region layer. */
+static inline size_t vmm__snap_bitmap_bytes(uint64_t npages) {
+  return (size_t)((npages + 63) / 64 * 8);
+}
+/* Helpers shared by capture (snapshot.c) and restore (snaprestore.c). */
+static inline bool vmm__snap_vm_stopped(vmm_vm_t *vm) { return atomic_load(&vm->running) == 0; }
+bool vmm__snap_page_is_zero(const uint8_t *p);
+/* Reads and clears the dirty pages of region i (backend writes, host writes, and what the
+ * program's own dirty-log calls took since); *out is malloc'ed. */
+int vmm__snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out);
+bool vmm__snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s);
+int vmm__snap_count_vcpus(vmm_vm_t *vm, uint32_t *count);
+
 /* A snapshot is complete: its layers become read-only, diff layers drop their fd. */
 void vmm__snap_finish(struct vmm_snapshot *s);
 void vmm__snap_store_page(struct vmm_snap_region *r, uint64_t page, const void *data);

@@ -69,6 +69,21 @@ static const uint32_t vmm_kvm_platform_msrs[] = {
     0x4b564d05, /* MSR_KVM_POLL_CONTROL */
 };
 
+/* One MSR through KVM_GET_MSRS / KVM_SET_MSRS; true when KVM took it. */
+static bool vmm_kvm_msr(int fd, unsigned long req, uint32_t index, uint64_t *value) {
+  struct {
+    struct kvm_msrs hdr;
+    struct kvm_msr_entry e;
+  } one;
+  memset(&one, 0, sizeof(one));
+  one.hdr.nmsrs = 1;
+  one.e.index = index;
+  one.e.data = *value;
+  if (ioctl(fd, req, &one) != 1) return false;
+  *value = one.e.data;
+  return true;
+}
+
 static char *vmm_kvm_hex(const void *p, size_t n) {
   static const char digits[] = "0123456789abcdef";
   char *s = malloc(2 * n + 1);
@@ -164,17 +179,12 @@ cJSON *vmm__kvm_platform_save(vmm_vm_t *vm, int *rc) {
     cJSON *msrs = cJSON_AddObjectToObject(o, "msrs");
     if (msrs == NULL) goto nomem;
     for (size_t m = 0; m < VMM_ARRAY_SIZE(vmm_kvm_platform_msrs); m++) {
-      struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e;
-      } one;
-      memset(&one, 0, sizeof(one));
-      one.hdr.nmsrs = 1;
-      one.e.index = vmm_kvm_platform_msrs[m];
-      if (ioctl(kv->fd, KVM_GET_MSRS, &one) != 1) continue; /* this KVM lacks it */
+      uint64_t value = 0;
+      if (!vmm_kvm_msr(kv->fd, KVM_GET_MSRS, vmm_kvm_platform_msrs[m], &value))
+        continue; /* this KVM lacks it */
       char key[16];
-      snprintf(key, sizeof(key), "0x%x", one.e.index);
-      snprintf(num, sizeof(num), "0x%llx", (unsigned long long)one.e.data);
+      snprintf(key, sizeof(key), "0x%x", vmm_kvm_platform_msrs[m]);
+      snprintf(num, sizeof(num), "0x%llx", (unsigned long long)value);
       if (!cJSON_AddStringToObject(msrs, key, num)) goto nomem;
     }
   }
@@ -247,17 +257,11 @@ int vmm__kvm_platform_check(vmm_vm_t *vm, const cJSON *j) {
         return VMM_ECORRUPT;
       }
       /* This KVM must have it (the snapshot may come from another host): a read tells. */
-      struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e;
-      } one;
-      memset(&one, 0, sizeof(one));
-      one.hdr.nmsrs = 1;
-      one.e.index = (uint32_t)index;
       vmm_vcpu_t *v0 = NULL;
       for (uint32_t i = 0; i < VMM_MAX_VCPUS && v0 == NULL; i++) v0 = vm->vcpus[i];
-      if (v0 && ioctl(vmm_kvm_vcpu(v0)->fd, KVM_GET_MSRS, &one) != 1) {
-        VMM_LOG_E("kvm: the snapshot has MSR %#x, which this host's KVM lacks", one.e.index);
+      uint64_t now = 0;
+      if (v0 && !vmm_kvm_msr(vmm_kvm_vcpu(v0)->fd, KVM_GET_MSRS, (uint32_t)index, &now)) {
+        VMM_LOG_E("kvm: the snapshot has MSR %#x, which this host's KVM lacks", (unsigned)index);
         return VMM_ENOSYS;
       }
     }
@@ -293,16 +297,8 @@ int vmm__kvm_platform_load(vmm_vm_t *vm, const cJSON *j) {
       uint64_t index = 0, value = 0;
       vmm_kvm_parse_u64(m->string, &index);
       vmm_kvm_u64(m, &value);
-      struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e;
-      } one;
-      memset(&one, 0, sizeof(one));
-      one.hdr.nmsrs = 1;
-      one.e.index = (uint32_t)index;
-      one.e.data = value;
-      if (ioctl(kv->fd, KVM_SET_MSRS, &one) != 1) {
-        VMM_LOG_E("kvm: MSR %#x of the snapshot could not be set on vCPU %u", one.e.index, i);
+      if (!vmm_kvm_msr(kv->fd, KVM_SET_MSRS, (uint32_t)index, &value)) {
+        VMM_LOG_E("kvm: MSR %#x of the snapshot could not be set on vCPU %u", (unsigned)index, i);
         return VMM_EBACKEND;
       }
     }
