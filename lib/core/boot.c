@@ -100,11 +100,21 @@ static int vmm_write_page_tables(vmm_vm_t *vm, uint64_t span, bool user) {
   return 0;
 }
 
+/* The TSS: 104 bytes, then an I/O permission bitmap of all ports (8 KiB of zeros: every port
+ * allowed) and its terminating 0xff byte. CPL3 guests also start with IOPL 3, which makes the
+ * bitmap moot on most hosts; but some KVM implementations (kvm_pvm) emulate a user-mode IN/OUT
+ * by the bitmap alone and drop IOPL from the RFLAGS they report, so a state moved between
+ * backends keeps its port access only through the bitmap. */
+#define VMM_TSS_IOMAP 0x68u
+#define VMM_TSS_LIMIT (VMM_TSS_IOMAP + 8192u)
+_Static_assert(VMM_TSS_GPA + VMM_TSS_LIMIT + 1 <= VMM_EXC_STACK_TOP - 512,
+               "the TSS and its I/O bitmap leave room for the exception stack");
+
 static int vmm_write_descriptor_tables(vmm_vm_t *vm) {
   uint64_t *gdt = vmm__gpa_wptr(vm, VMM_GDT_GPA, VMM_PAGE_SIZE);
   uint64_t *idt = vmm__gpa_wptr(vm, VMM_IDT_GPA, VMM_PAGE_SIZE);
   uint8_t *stubs = vmm__gpa_wptr(vm, VMM_EXC_STUBS_GPA, VMM_PAGE_SIZE);
-  uint8_t *tss = vmm__gpa_wptr(vm, VMM_TSS_GPA, VMM_PAGE_SIZE);
+  uint8_t *tss = vmm__gpa_wptr(vm, VMM_TSS_GPA, VMM_EXC_STACK_TOP - VMM_TSS_GPA);
   if (!gdt || !idt || !stubs || !tss) return VMM_EFAULT;
 
   memset(gdt, 0, VMM_PAGE_SIZE);
@@ -112,18 +122,20 @@ static int vmm_write_descriptor_tables(vmm_vm_t *vm) {
   gdt[VMM_SEL_KERNEL_DS >> 3] = vmm__segment_to_desc(&vmm_seg_kernel_data);
   gdt[VMM_SEL_USER_DS >> 3] = vmm__segment_to_desc(&vmm_seg_user_data);
   gdt[VMM_SEL_USER_CS >> 3] = vmm__segment_to_desc(&vmm_seg_user_code);
-  vmm_segment_t tr = {.base = VMM_TSS_GPA, .limit = 0x67, .selector = VMM_SEL_TSS, .type = 0x9,
+  vmm_segment_t tr = {.base = VMM_TSS_GPA, .limit = VMM_TSS_LIMIT, .selector = VMM_SEL_TSS, .type = 0x9,
                       .present = 1, .s = 0};
   gdt[VMM_SEL_TSS >> 3] = vmm__segment_to_desc(&tr);
   gdt[(VMM_SEL_TSS >> 3) + 1] = VMM_TSS_GPA >> 32;
 
-  /* 64-bit TSS: rsp0 at offset 4, ist1 at offset 36, I/O map base past the limit. */
-  memset(tss, 0, VMM_PAGE_SIZE);
+  /* 64-bit TSS: rsp0 at offset 4, ist1 at offset 36, I/O map base at 102. The exception
+   * stack below VMM_EXC_STACK_TOP shares the TSS's last page. */
+  memset(tss, 0, VMM_EXC_STACK_TOP - VMM_TSS_GPA);
   uint64_t top = VMM_EXC_STACK_TOP;
   memcpy(tss + 4, &top, 8);
   memcpy(tss + 36, &top, 8);
-  uint16_t iomap = 0x68;
+  uint16_t iomap = VMM_TSS_IOMAP;
   memcpy(tss + 102, &iomap, 2);
+  tss[VMM_TSS_LIMIT] = 0xff;
 
   /* Each stub: out %al,$VMM_EXC_PORT; then hlt in a loop should anything resume it. */
   memset(stubs, 0xcc, VMM_PAGE_SIZE);
@@ -140,7 +152,7 @@ static int vmm_write_descriptor_tables(vmm_vm_t *vm) {
     idt[v * 2] = lo;
     idt[v * 2 + 1] = off >> 32;
   }
-  vmm__host_wrote(vm, VMM_GDT_GPA, 4 * VMM_PAGE_SIZE); /* GDT, IDT, stubs, TSS */
+  vmm__host_wrote(vm, VMM_GDT_GPA, VMM_EXC_STACK_TOP - VMM_GDT_GPA); /* GDT .. TSS, stack */
   return 0;
 }
 
@@ -222,7 +234,7 @@ int vmm_vcpu_setup_long_mode(vmm_vcpu_t *vcpu, const vmm_long_mode_config_t *con
   const vmm_segment_t *data = user ? &vmm_seg_user_data : &vmm_seg_kernel_data;
   st.cs = *code;
   st.ds = st.es = st.fs = st.gs = st.ss = *data;
-  st.tr = (vmm_segment_t){.base = VMM_TSS_GPA, .limit = 0x67, .selector = VMM_SEL_TSS,
+  st.tr = (vmm_segment_t){.base = VMM_TSS_GPA, .limit = VMM_TSS_LIMIT, .selector = VMM_SEL_TSS,
                           .type = 0xb, .present = 1, .s = 0};
   st.ldt = (vmm_segment_t){.type = 0x2, .present = 0, .unusable = 1};
   st.gdt = (vmm_dtable_t){.base = VMM_GDT_GPA, .limit = 0x37};

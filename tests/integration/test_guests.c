@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libvmm/vmm.h>
 
@@ -147,6 +148,18 @@ static void run_guest(vmm_backend_t backend, const struct guest_case *g, struct 
   if ((rc = vmm_vcpu_setup_long_mode(vcpu, &lm))) {
     snprintf(r->error, sizeof(r->error), "setup_long_mode: %s", vmm_strerror(rc));
     goto out;
+  }
+  if (g->cmdline && strcmp(g->cmdline, "iopl0") == 0) {
+    /* Port access at CPL3 by the TSS bitmap alone. */
+    vmm_regs_t regs;
+    if ((rc = vmm_vcpu_get_regs(vcpu, &regs)) == 0) {
+      regs.rflags &= ~VMM_RFLAGS_IOPL3;
+      rc = vmm_vcpu_set_regs(vcpu, &regs);
+    }
+    if (rc) {
+      snprintf(r->error, sizeof(r->error), "clearing IOPL: %s", vmm_strerror(rc));
+      goto out;
+    }
   }
 
   struct watchdog w = {.vcpu = vcpu};
@@ -334,6 +347,14 @@ static void check_cpl3(const struct result *r, char *why, size_t n) {
          "#GP error code %u/%#x", r->final.exception.has_error_code, r->final.exception.error_code);
 }
 
+static void check_iomap(const struct result *r, char *why, size_t n) {
+  EXPECT(strcmp(r->console, "iopl 0, bitmap at 0x68\nok\n") == 0, "console '%s'", r->console);
+  expect_exception(r, 13, why, n);
+  if (why[0]) return;
+  EXPECT(r->final.exception.has_error_code && r->final.exception.error_code == 0,
+         "#GP error code %u/%#x", r->final.exception.has_error_code, r->final.exception.error_code);
+}
+
 static void check_exit_hc(const struct result *r, char *why, size_t n) { expect_exit(r, 42, why, n); }
 static void check_exit_port(const struct result *r, char *why, size_t n) {
   expect_exit(r, (0x21 << 1) | 1, why, n);
@@ -344,15 +365,29 @@ static const struct guest_case cases[] = {
     {"arith", 3, NULL, check_arith},      {"pio", 0, NULL, check_pio},
     {"mmio", 0, NULL, check_mmio},        {"halt", 0, NULL, check_halt},
     {"ud", 0, NULL, check_ud},            {"de", 0, NULL, check_de},
-    {"cpl3", 3, NULL, check_cpl3},        {"exitcode", 0, NULL, check_exit_hc},
+    {"cpl3", 3, NULL, check_cpl3},        {"iomap", 3, "iopl0", check_iomap},
+    {"exitcode", 0, NULL, check_exit_hc},
     {"exitcode", 0, "port", check_exit_port},
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
-/* RF (bit 16) depends on how the exception was delivered; nothing else may differ. */
+/* RF (bit 16) depends on how the exception was delivered; nothing else may differ... */
 #define RFLAGS_COMPARE_MASK (~(1ull << 16))
 
-static bool same_result(const struct result *a, const struct result *b, char *why, size_t n) {
+/* ...but kvm_pvm runs guest user mode at the host's CPL3 with IOPL 0 and reports that IOPL
+ * (docs/kvm.md): on such hosts IOPL at CPL3 is not compared with kvm's. */
+static bool kvm_drops_user_iopl(void) {
+  static int known = -1;
+  if (known < 0) {
+    known = access("/sys/module/kvm_pvm", F_OK) == 0 && access("/sys/module/kvm_intel", F_OK) != 0 &&
+            access("/sys/module/kvm_amd", F_OK) != 0;
+    if (known) printf("NOTE kvm_pvm host: IOPL at CPL3 is not compared with kvm's\n");
+  }
+  return known != 0;
+}
+
+static bool same_result(const struct result *a, const struct result *b, unsigned cpl,
+                        bool with_kvm, char *why, size_t n) {
   if (strcmp(a->console, b->console) != 0) {
     snprintf(why, n, "console differs");
     return false;
@@ -368,12 +403,21 @@ static bool same_result(const struct result *a, const struct result *b, char *wh
                                       "rip", "rflags"};
   for (size_t i = 0; i < 18; i++) {
     uint64_t m = i == 17 ? RFLAGS_COMPARE_MASK : ~0ull;
+    if (i == 17 && cpl == 3 && with_kvm && kvm_drops_user_iopl()) m &= ~VMM_RFLAGS_IOPL3;
     if ((ra[i] & m) != (rb[i] & m)) {
       snprintf(why, n, "%s %#" PRIx64 " vs %#" PRIx64, names[i], ra[i], rb[i]);
       return false;
     }
   }
   return true;
+}
+
+/* A case that cannot run where the CPU itself is wrong says so. */
+static const char *skip_reason(vmm_backend_t backend, const struct guest_case *g) {
+  if (backend == VMM_BACKEND_KVM && strcmp(g->name, "iomap") == 0 && getenv("LIBVMM_NESTED"))
+    return "QEMU's TCG (the nested harness's CPU) checks the I/O bitmap only for a TR of type "
+           "9 (available); a loaded TR is busy (11), as VMX requires";
+  return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -422,6 +466,13 @@ int main(int argc, char **argv) {
   for (size_t c = 0; c < NCASES; c++) {
     for (int b = 0; b < nrun; b++) {
       struct result *r = &results[c][b];
+      const char *skip = skip_reason(run[b], &cases[c]);
+      if (skip) {
+        memset(r, 0, sizeof(*r));
+        printf("SKIP %-9s cpl%u %-5s %s\n", cases[c].name, cases[c].cpl, vmm_backend_name(run[b]),
+               skip);
+        continue;
+      }
       run_guest(run[b], &cases[c], r);
       char why[512] = "";
       if (!r->ok) snprintf(why, sizeof(why), "%s", r->error[0] ? r->error : "did not finish");
@@ -429,13 +480,21 @@ int main(int argc, char **argv) {
       bool pass = why[0] == '\0';
       printf("%-4s %-9s cpl%u %-5s %s%s\n", pass ? "PASS" : "FAIL", cases[c].name, cases[c].cpl,
              vmm_backend_name(run[b]), cases[c].cmdline ? cases[c].cmdline : "", why);
-      if (!pass || verbose) printf("     console: %s", r->console_len ? r->console : "(empty)\n");
+      if (!pass || verbose) {
+        printf("     console: %s", r->console_len ? r->console : "(empty)\n");
+        if (r->ok)
+          printf("     exit: %s vector %u rip %#" PRIx64 ", rflags %#" PRIx64 "\n",
+                 vmm_exit_reason_name(r->final.reason), r->final.exception.vector,
+                 r->final.exception.rip, r->regs.rflags);
+      }
       failures += !pass;
     }
     for (int b = 1; b < nrun; b++) {
       char why[256] = "";
       if (results[c][0].ok && results[c][b].ok &&
-          !same_result(&results[c][0], &results[c][b], why, sizeof(why))) {
+          !same_result(&results[c][0], &results[c][b], cases[c].cpl,
+                       run[0] == VMM_BACKEND_KVM || run[b] == VMM_BACKEND_KVM, why,
+                       sizeof(why))) {
         printf("FAIL %-9s cpl%u %s vs %s: %s\n", cases[c].name, cases[c].cpl,
                vmm_backend_name(run[0]), vmm_backend_name(run[b]), why);
         failures++;

@@ -58,7 +58,7 @@
 #define VMM_GDT_GPA 0x12000ull              /**< GDT. */
 #define VMM_IDT_GPA 0x13000ull              /**< IDT: every vector points at a stub. */
 #define VMM_EXC_STUBS_GPA 0x14000ull        /**< Exception stubs, 8 bytes per vector. */
-#define VMM_TSS_GPA 0x15000ull              /**< 64-bit TSS. */
+#define VMM_TSS_GPA 0x15000ull              /**< 64-bit TSS, then an I/O bitmap allowing every port. */
 #define VMM_EXC_STACK_TOP 0x18000ull        /**< Top of the stack exceptions run on. */
 #define VMM_PML4_GPA 0x18000ull             /**< Page tables: PML4, PDPT, then PDs. */
 #define VMM_SYSAREA_END 0x100000ull         /**< First byte after the system area. */

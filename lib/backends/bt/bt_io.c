@@ -12,19 +12,16 @@ static void bt_io_internal(struct bt_vcpu *v, const char *what) {
 
 /* ---- port I/O, MMIO, hypercalls ---- */
 
+/* The processor reads the TSS with supervisor rights whatever the CPL. */
+static int bt_tss_read(void *ctx, uint64_t la, void *buf, size_t len) {
+  return vmm__bt_lin_read(ctx, la, buf, len, 0, NULL) == 0 ? 0 : VMM_EFAULT;
+}
+
 /* I/O permission at CPL > IOPL: the TSS bitmap. */
 static bool bt_io_allowed(struct bt_vcpu *v, uint16_t port, unsigned size) {
   if (bt_cpl(v) <= ((bt_get_rflags(v) >> 12) & 3)) return true;
-  const vmm_segment_t *tr = &v->sys.tr;
-  if (tr->limit < 0x67) return false;
-  uint16_t base;
-  struct bt_exc e;
-  if (!vmm__bt_read_mem(v, tr->base + 102, &base, 2, false, &e)) return false;
-  uint64_t at = (uint64_t)base + port / 8;
-  if (at + 1 > tr->limit) return false;
-  uint16_t bits;
-  if (!vmm__bt_read_mem(v, tr->base + at, &bits, 2, false, &e)) return false;
-  return ((bits >> (port & 7)) & ((1u << size) - 1)) == 0;
+  struct vmm_emu_mem mem = {.read = bt_tss_read, .ctx = v};
+  return vmm__emu_io_bitmap_allows(&mem, v->sys.tr.base, v->sys.tr.limit, port, size);
 }
 
 /* Handlers run outside the run lock: one may wait for a thread that waits for every vCPU to

@@ -308,3 +308,16 @@ int vmm__emu_finish(struct vmm_emu_cpu *cpu, const struct vmm_emu_mem *mem,
   if (advance) cpu->rip += insn->z.length;
   return 0;
 }
+
+bool vmm__emu_io_bitmap_allows(const struct vmm_emu_mem *mem, uint64_t tss_base,
+                               uint32_t tss_limit, uint16_t port, unsigned size) {
+  if (tss_limit < 0x67 || size == 0 || size > 4) return false;
+  uint16_t map;
+  if (mem->read(mem->ctx, tss_base + 102, &map, 2) != 0) return false;
+  /* Two bytes are read whatever the size: an access may straddle a byte of the map. */
+  uint64_t at = (uint64_t)map + port / 8;
+  if (at + 1 > tss_limit) return false;
+  uint16_t bits;
+  if (mem->read(mem->ctx, tss_base + at, &bits, 2) != 0) return false;
+  return ((bits >> (port & 7)) & ((1u << size) - 1)) == 0;
+}

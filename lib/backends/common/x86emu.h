@@ -99,6 +99,12 @@ int vmm__emu_finish(struct vmm_emu_cpu *cpu, const struct vmm_emu_mem *mem,
                     const struct vmm_emu_insn *insn, const struct vmm_emu_access *acc,
                     uint64_t read_value);
 
+/* Whether the I/O permission bitmap of the TSS described by `tr` allows `size` bytes at
+ * `port` (the check made when CPL > IOPL). A bitmap beyond the TSS limit, or unreadable,
+ * allows nothing. */
+bool vmm__emu_io_bitmap_allows(const struct vmm_emu_mem *mem, uint64_t tss_base,
+                               uint32_t tss_limit, uint16_t port, unsigned size);
+
 /* A 64-bit address with bits 63..47 all equal (shifted as unsigned: no signed overflow). */
 static inline bool vmm__canonical(uint64_t a) { return (uint64_t)((int64_t)(a << 16) >> 16) == a; }
 

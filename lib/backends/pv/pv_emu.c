@@ -353,13 +353,17 @@ static int vmm_pv_segv(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
     case VMM_EMU_OUT:
     case VMM_EMU_INS:
     case VMM_EMU_OUTS:
-      if (cpl3 && !iopl3) return vmm_pv_gp(pv, exit, 0);
       /* String I/O moves one element per access; while handlers consume them, the next ones
        * are done here rather than by faulting again (bounded, and a kick ends it). */
       for (unsigned n = 0;; n++) {
         rc = vmm__emu_pio_start(&cpu, &mem, &pv->insn, &pv->acc);
         if (rc == VMM_EFAULT) return vmm_pv_gp(pv, exit, 0);
         if (rc) return vmm_pv_gp(pv, exit, 0);
+        /* At CPL3 without IOPL 3 the TSS bitmap decides, as on hardware and on bt. */
+        if (n == 0 && cpl3 && !iopl3 &&
+            !vmm__emu_io_bitmap_allows(&mem, pv->st.tr.base, pv->st.tr.limit,
+                                       (uint16_t)pv->acc.addr, pv->acc.size ? pv->acc.size : 1))
+          return vmm_pv_gp(pv, exit, 0);
         if (pv->acc.size == 0) {
           /* REP with RCX = 0: nothing to move. */
           rc = vmm_pv_finish(vcpu, &regs, pv->ur.fs_base, pv->ur.gs_base, 0);
