@@ -28,7 +28,15 @@ echo "== Linux boot: Debian's kernel on kvm (tests/linux/boot-test.sh)"
 rc=$?
 if [ $rc = 77 ]; then echo "SKIP Linux boot (reason above)"; elif [ $rc != 0 ]; then echo "FAILED: Linux boot"; fail=1; fi
 echo "== Linux snapshot: restore, load and clone a running Linux VM"
-"$B/tests/linux/test_linux_snapshot" "$B/tests/linux/assets/vmlinuz" "$B/tests/linux/assets/initramfs.cpio"
-rc=$?
+# About 25 s. Under QEMU's emulated SVM a Linux vCPU has been seen to stop making progress and
+# never return to kicks (boot-test.sh says the same): a run that outlives 300 s is killed and
+# tried once more, and the second attempt is what counts.
+for attempt in 1 2; do
+  timeout -s KILL 300 "$B/tests/linux/test_linux_snapshot" "$B/tests/linux/assets/vmlinuz" \
+    "$B/tests/linux/assets/initramfs.cpio"
+  rc=$?
+  { [ $rc = 124 ] || [ $rc = 137 ]; } && [ $attempt = 1 ] || break
+  echo "RETRY Linux snapshot: attempt 1 was killed after 300 s"
+done
 if [ $rc = 77 ]; then echo "SKIP Linux snapshot (reason above)"; elif [ $rc != 0 ]; then echo "FAILED: Linux snapshot"; fail=1; fi
 exit $fail
