@@ -149,6 +149,7 @@ static int run_vmm(vmm_backend_t be, const char *kern, uint64_t iters, uint64_t 
     size_t n = 0;
     vmm_vcpu_stats(vcpu, st, 64, &n);
     for (size_t i = 0; i < n && i < 64; i++) {
+      if (getenv("BENCH_BT_STATS")) fprintf(stderr, "  %s %s %" PRIu64 "\n", kern, st[i].name, st[i].value);
       if (!strcmp(st[i].name, "bt.insns_translated")) tot->insns += st[i].value;
       if (!strcmp(st[i].name, "bt.translate_ns")) tot->translate_ns += st[i].value;
     }

@@ -3,7 +3,8 @@
 #include "bt_harness.h"
 
 #include <asm/prctl.h>
-#include <pthread.h>
+#include <errno.h>
+#include <sys/wait.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -54,7 +55,6 @@ __asm__(".text\n"
         "  mov $158, %eax\n mov $0x1002, %edi\n mov bth_nat_fs_old(%rip), %rsi\n syscall\n"
         "  pop %r15\n pop %r14\n pop %r13\n pop %r12\n pop %rbp\n pop %rbx\n ret\n");
 
-static uint8_t *bth_data, *bth_code;
 /* cmocka installs its own crash handlers around each test without chaining: the backend's
  * handlers are put back before every run. */
 static const int bth_sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP};
@@ -66,13 +66,12 @@ void bth_restore_handlers(void) {
 static vmm_vm_t *bth_vm;
 static vmm_vcpu_t *bth_vcpu;
 static uint8_t *bth_gdata, *bth_gcode;
+/* Native results come back from the child through this shared page run. */
+static struct bth_result *bth_shared;
 
 bool bth_init(void) {
-  bth_data = mmap((void *)BTH_DATA, BTH_DATA_SIZE, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  bth_code = mmap((void *)BTH_CODE, BTH_CODE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  if (bth_data != (void *)BTH_DATA || bth_code != (void *)BTH_CODE) return false;
+  /* The VM first: its vCPU may take the low window (bt_mem.c), where the native copies of
+   * code and data have to live too; they are mapped in a child process per run. */
   vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
   cfg.backend = VMM_BACKEND_BT;
   cfg.ram_size = 16u << 20;
@@ -81,14 +80,27 @@ bool bth_init(void) {
   if (vmm_vm_map_ram(bth_vm, BTH_DATA, BTH_DATA_SIZE, 0, (void **)&bth_gdata) ||
       vmm_vm_map_ram(bth_vm, BTH_CODE, BTH_CODE_SIZE, 0, (void **)&bth_gcode))
     return false;
+  void *sh = mmap(NULL, sizeof(struct bth_result), PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (sh == MAP_FAILED) return false;
+  bth_shared = sh;
   return true;
 }
 
 void bth_fini(void) {
   vmm_vm_destroy(bth_vm);
   bth_vm = NULL;
-  if (bth_data) munmap(bth_data, BTH_DATA_SIZE);
-  if (bth_code) munmap(bth_code, BTH_CODE_SIZE);
+  if (bth_shared) munmap(bth_shared, sizeof(struct bth_result));
+  bth_shared = NULL;
+}
+
+bool bth_low_window(void) {
+  vmm_stat_t st[64];
+  size_t n = 0;
+  if (vmm_vcpu_stats(bth_vcpu, st, 64, &n) != 0) return false;
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (strcmp(st[i].name, "bt.low_window") == 0) return st[i].value != 0;
+  return false;
 }
 
 void bth_initial(uint64_t seed, struct bth_cpu *cpu, uint8_t *data) {
@@ -108,34 +120,43 @@ void bth_initial(uint64_t seed, struct bth_cpu *cpu, uint8_t *data) {
   }
 }
 
-static void *bth_native_thread(void *arg) {
-  (void)arg;
-  syscall(SYS_arch_prctl, ARCH_GET_FS, &bth_nat_fs_old);
-  bth_nat_fs_new = BTH_FS_BASE;
-  bth_nat_gs_new = BTH_GS_BASE;
-  bth_nat_enter();
-  return NULL;
-}
-
-/* Native epilogue: jmp *[BTH_CODE + 0xfff8], which holds bth_nat_exit. */
+/* In a child process, which may map over whatever the parent has at those addresses (the low
+ * window). Native epilogue: jmp *[BTH_CODE + 0xfff8], which holds bth_nat_exit. */
 int bth_run_native(const uint8_t *code, size_t len, const struct bth_cpu *in,
                    const uint8_t *data, struct bth_result *out) {
   if (len + 8 > BTH_CODE_SIZE - 16) return -1;
-  memcpy(bth_code, code, len);
-  static const uint8_t epi[] = {0xff, 0x24, 0x25};
-  memcpy(bth_code + len, epi, 3);
-  uint32_t slot = (uint32_t)(BTH_CODE + BTH_CODE_SIZE - 8);
-  memcpy(bth_code + len + 3, &slot, 4);
-  uint64_t ex = (uint64_t)(uintptr_t)bth_nat_exit;
-  memcpy(bth_code + BTH_CODE_SIZE - 8, &ex, 8);
-  memcpy(bth_data, data, BTH_DATA_SIZE);
-  bth_nat_in = *in;
-  bth_nat_code = BTH_CODE;
-  pthread_t t;
-  if (pthread_create(&t, NULL, bth_native_thread, NULL)) return -1;
-  pthread_join(t, NULL);
-  out->cpu = bth_nat_out;
-  memcpy(out->data, bth_data, BTH_DATA_SIZE);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    uint8_t *d = mmap((void *)BTH_DATA, BTH_DATA_SIZE, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    uint8_t *c = mmap((void *)BTH_CODE, BTH_CODE_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (d != (void *)BTH_DATA || c != (void *)BTH_CODE) _exit(2);
+    memcpy(c, code, len);
+    static const uint8_t epi[] = {0xff, 0x24, 0x25};
+    memcpy(c + len, epi, 3);
+    uint32_t slot = (uint32_t)(BTH_CODE + BTH_CODE_SIZE - 8);
+    memcpy(c + len + 3, &slot, 4);
+    uint64_t ex = (uint64_t)(uintptr_t)bth_nat_exit;
+    memcpy(c + BTH_CODE_SIZE - 8, &ex, 8);
+    memcpy(d, data, BTH_DATA_SIZE);
+    bth_nat_in = *in;
+    bth_nat_code = BTH_CODE;
+    syscall(SYS_arch_prctl, ARCH_GET_FS, &bth_nat_fs_old);
+    bth_nat_fs_new = BTH_FS_BASE;
+    bth_nat_gs_new = BTH_GS_BASE;
+    bth_nat_enter();
+    bth_shared->cpu = bth_nat_out;
+    memcpy(bth_shared->data, d, BTH_DATA_SIZE);
+    _exit(0);
+  }
+  int status;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+  *out = *bth_shared;
   return 0;
 }
 

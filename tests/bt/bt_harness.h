@@ -1,5 +1,5 @@
 /* Differential harness for the bt tests: runs a piece of x86-64 code natively (on a worker
- * thread, with every register, RFLAGS and the FS/GS bases loaded from a table) and as a bt
+ * child process, with every register, RFLAGS and the FS/GS bases loaded from a table) and as a bt
  * guest at the same addresses, and compares registers, arithmetic flags and memory. */
 #ifndef BT_HARNESS_H
 #define BT_HARNESS_H
@@ -28,6 +28,8 @@ struct bth_result {
 /* Sets up the fixed address ranges; false when they cannot be had (the test is skipped). */
 bool bth_init(void);
 void bth_fini(void);
+/* Whether the harness's vCPU runs in the low window (bt_mem.c) rather than its GS window. */
+bool bth_low_window(void);
 /* Puts back the signal handlers the backend installed (after a test framework took them). */
 void bth_restore_handlers(void);
 /* Initial registers and memory from a seed: r15 = data, r14 = 3, rsp = data + 0x8000. */

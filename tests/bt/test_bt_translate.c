@@ -266,9 +266,11 @@ static void test_random_programs_match_native(void **state) {
 static int setup(void **state) {
   (void)state;
   if (!bth_init()) {
-    print_message("bt harness: cannot map the fixed test addresses; skipping\n");
+    print_message("bt harness: cannot set up the VM and its fixed addresses\n");
     return -1;
   }
+  print_message("bt harness: the guest runs in the %s window\n",
+                bth_low_window() ? "low" : "GS");
   return 0;
 }
 

@@ -37,7 +37,8 @@ struct bt_ctrl {
   uint64_t fn_helper;
   uint8_t vec_avx;
   uint8_t x87_live;
-  uint8_t pad0[6];
+  uint8_t host_avx;
+  uint8_t pad0[5];
   uint64_t spill[16];
   uint32_t mxcsr;
   uint32_t mxcsr_host;
@@ -196,7 +197,11 @@ struct bt_vcpu {
   struct bt_vm *bvm;
   uint8_t *res;
   size_t res_size;
-  uint8_t *window;
+  /* Host address of guest linear 0: the low window (host address 0, see bt_mem.c) or gsbase.
+   * An integer, as the low window is at address 0. */
+  uintptr_t window;
+  uintptr_t gsbase;     /* The GS base: the 4 GiB slot after the control area. */
+  bool low;             /* window is the low window: guest accesses carry no GS override. */
   struct bt_ctrl *ctrl;
   uint8_t *pstate;      /* BT_PG_* per window page. */
   uint32_t *mapped_list; /* Page numbers with a non-zero pstate, for cheap flushes. */
@@ -296,6 +301,10 @@ void vmm__bt_tables_init(struct bt_ctrl *c);
 void vmm__bt_window_revoke_writes(struct bt_vcpu *v);
 void vmm__bt_mem_fini(struct bt_vcpu *v);
 void vmm__bt_window_flush(struct bt_vcpu *v);
+/* The low window leaves no room for guest pages below BT_LOW_FLOOR: a vCPU that touches one
+ * moves to its GS window (translations and mappings dropped). */
+#define BT_LOW_FLOOR 0x10000ull
+void vmm__bt_low_window_leave(struct bt_vcpu *v);
 void vmm__bt_window_unmap_page(struct bt_vcpu *v, uint64_t la);
 /* Unmaps the window pages mapped from the base file for guest-physical [pa, pa+len). */
 void vmm__bt_window_drop_base(struct bt_vcpu *v, uint64_t pa, uint64_t len);

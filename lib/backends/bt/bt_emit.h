@@ -58,9 +58,9 @@ struct bt_ea {
 static inline struct bt_ea bt_ea_ctrl(int32_t ctrl_off) {
   return (struct bt_ea){.base = -1, .index = -1, .scale = 1, .disp = BT_G(ctrl_off), .gs = true};
 }
-/* %gs:disp(%esp) - the guest stack. */
-static inline struct bt_ea bt_ea_stack(int32_t disp) {
-  return (struct bt_ea){.base = BT_RSP, .index = -1, .scale = 1, .disp = disp, .gs = true,
+/* [%gs:]disp(%esp) - the guest stack (GS unless the window is the low one). */
+static inline struct bt_ea bt_ea_stack(int32_t disp, bool gs) {
+  return (struct bt_ea){.base = BT_RSP, .index = -1, .scale = 1, .disp = disp, .gs = gs,
                         .a32 = true};
 }
 

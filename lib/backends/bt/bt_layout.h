@@ -39,6 +39,7 @@
 #define BT_C_FN_HELPER 0x0f0
 #define BT_C_VEC_AVX 0x0f8    /* Byte: 1 when the guest may use AVX (save YMM, not XMM). */
 #define BT_C_X87_LIVE 0x0f9   /* Byte: 1 when the guest x87/MMX state must be saved. */
+#define BT_C_HOST_AVX 0x0fa   /* Byte: 1 when the host has AVX (VZEROUPPER may be used). */
 #define BT_C_SPILL 0x100      /* One spill slot per guest register, for rewrite sequences. */
 #define BT_C_MXCSR 0x180      /* Guest MXCSR. */
 #define BT_C_MXCSR_HOST 0x184 /* Host MXCSR, restored before running C code. */

@@ -7,6 +7,7 @@
  * for pages that hold translated code, pages whose dirty bit is still clear and pages not yet
  * logged dirty. CR3 writes, INVLPG and memory-map changes drop mappings. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -40,6 +41,50 @@ void vmm__bt_tables_init(struct bt_ctrl *c) {
   }
 }
 
+/* The low window: guest linear space at host address 0, so that translated code addresses
+ * guest memory as (32-bit address) with no segment override. A non-zero segment base costs a
+ * cycle of latency on every load on common x86 cores (a quarter of a pointer-chasing loop);
+ * a zero one costs nothing. The 32-bit address still confines every access to [0, 4 GiB),
+ * which the reservation below covers whole (plus a guard above), so nothing of the host can
+ * live there while a vCPU uses it. One vCPU per process can have it: the first to ask while
+ * the low 4 GiB of the address space are free (they are in position-independent programs; an
+ * ASan shadow or a program mapped low keeps it from ever succeeding). Guest pages below
+ * BT_LOW_FLOOR are never mapped, so null pointers of the host still fault; a vCPU whose guest
+ * touches them moves to its GS window. LIBVMM_BT_LOW_WINDOW=0 turns it off. */
+static atomic_bool bt_low_taken;
+#define BT_LOW_SPAN (BT_WINDOW_SIZE + BT_GUARD_SIZE - BT_LOW_FLOOR)
+
+static bool bt_low_window_claim(void) {
+  const char *e = getenv("LIBVMM_BT_LOW_WINDOW");
+  if (e && *e == '0') return false;
+  bool expect = false;
+  if (!atomic_compare_exchange_strong(&bt_low_taken, &expect, true)) return false;
+  void *p = mmap((void *)BT_LOW_FLOOR, BT_LOW_SPAN, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == (void *)BT_LOW_FLOOR) return true;
+  /* Kernels before 4.17 take the flag as a hint and may map elsewhere. */
+  if (p != MAP_FAILED) munmap(p, BT_LOW_SPAN);
+  atomic_store(&bt_low_taken, false);
+  return false;
+}
+
+static void bt_low_window_release(void) {
+  munmap((void *)BT_LOW_FLOOR, BT_LOW_SPAN);
+  atomic_store(&bt_low_taken, false);
+}
+
+void vmm__bt_low_window_leave(struct bt_vcpu *v) {
+  if (!v->low) return;
+  vmm__bt_window_flush(v);
+  bt_low_window_release();
+  v->low = false;
+  v->window = v->gsbase;
+  v->ctrl->window = v->gsbase;
+  v->flush_needed = true; /* translations address guest memory without GS */
+  VMM_LOG_D("bt: vCPU %u leaves the low window (guest page below %#llx)", v->vcpu->index,
+            BT_LOW_FLOOR);
+}
+
 int vmm__bt_mem_init(struct bt_vcpu *v) {
   size_t span = BT_CTRL_SIZE + BT_GUARD_SIZE + BT_WINDOW_SIZE + BT_GUARD_SIZE;
   size_t reserve = span + BT_WINDOW_SIZE;
@@ -56,7 +101,9 @@ int vmm__bt_mem_init(struct bt_vcpu *v) {
   if (end < p + reserve) munmap(end, (size_t)(p + reserve - end));
   v->res = start;
   v->res_size = span;
-  v->window = (uint8_t *)w;
+  v->gsbase = w;
+  v->low = bt_low_window_claim();
+  v->window = v->low ? 0 : w;
   void *c = mmap(start, BT_CTRL_SIZE, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   if (c == MAP_FAILED) goto err;
@@ -77,6 +124,8 @@ err:
 }
 
 void vmm__bt_mem_fini(struct bt_vcpu *v) {
+  if (v->low) bt_low_window_release();
+  v->low = false;
   if (v->pstate) munmap(v->pstate, WINDOW_PAGES);
   if (v->res) munmap(v->res, v->res_size);
   free(v->mapped_list);
@@ -107,8 +156,13 @@ static void bt_note_mapped(struct bt_vcpu *v, uint32_t first, uint32_t count) {
 }
 
 static void bt_window_none(struct bt_vcpu *v, uint64_t la, uint64_t len) {
-  mmap(v->window + la, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
-       -1, 0);
+  if (v->low && la < BT_LOW_FLOOR) { /* never mapped, and not ours to map */
+    if (la + len <= BT_LOW_FLOOR) return;
+    len -= BT_LOW_FLOOR - la;
+    la = BT_LOW_FLOOR;
+  }
+  mmap((void *)(v->window + la), len, PROT_NONE,
+       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
 }
 
 void vmm__bt_window_flush(struct bt_vcpu *v) {
@@ -162,7 +216,7 @@ void vmm__bt_window_revoke_writes(struct bt_vcpu *v) {
       n++;
       i++;
     }
-    if (mprotect(v->window + (uint64_t)first * VMM_PAGE_SIZE, (size_t)n * VMM_PAGE_SIZE,
+    if (mprotect((void *)(v->window + (uint64_t)first * VMM_PAGE_SIZE), (size_t)n * VMM_PAGE_SIZE,
                  PROT_READ) != 0) {
       /* Out of mappings (the protection splits them): empty the window instead. */
       vmm__bt_window_flush(v);
@@ -312,7 +366,7 @@ void vmm__bt_mark_code_page(struct bt_vcpu *v, uint64_t la, uint64_t pa) {
   if (la < BT_WINDOW_SIZE) {
     uint64_t lp = la / VMM_PAGE_SIZE;
     if (v->pstate[lp] & BT_PG_WRITE) {
-      mprotect(v->window + lp * VMM_PAGE_SIZE, VMM_PAGE_SIZE, PROT_READ);
+      mprotect((void *)(v->window + lp * VMM_PAGE_SIZE), VMM_PAGE_SIZE, PROT_READ);
       v->pstate[lp] &= (uint8_t)~BT_PG_WRITE;
     }
     if (v->pstate[lp]) v->pstate[lp] |= BT_PG_CODE;
@@ -352,12 +406,14 @@ static int bt_mmap_guest(struct bt_vcpu *v, uint64_t la, uint64_t len, struct vm
                          uint64_t pa, int prot) {
   /* A clone's page it does not own yet comes from the shared base, read-only. */
   int fd = vmm__region_page_owned(r, (pa - r->gpa) / VMM_PAGE_SIZE) ? r->memfd : r->base_fd;
-  void *p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)(pa - r->gpa));
+  void *p = mmap((void *)(v->window + la), len, prot, MAP_SHARED | MAP_FIXED, fd,
+                 (off_t)(pa - r->gpa));
   if (p == MAP_FAILED) {
     if (errno == ENOMEM) {
       /* Too many mappings: start over with an empty window and try once more. */
       vmm__bt_window_flush(v);
-      p = mmap(v->window + la, len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)(pa - r->gpa));
+      p = mmap((void *)(v->window + la), len, prot, MAP_SHARED | MAP_FIXED, fd,
+               (off_t)(pa - r->gpa));
     }
     if (p == MAP_FAILED) {
       VMM_LOG_E("bt: cannot map guest page %#llx: %s", (unsigned long long)la, strerror(errno));
@@ -410,6 +466,11 @@ enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc
       size = w.page_size;
       pbase = gb;
       lbase = lb;
+      if (v->low && lbase < BT_LOW_FLOOR) { /* the part above the floor */
+        size -= BT_LOW_FLOOR - lbase;
+        pbase += BT_LOW_FLOOR - lbase;
+        lbase = BT_LOW_FLOOR;
+      }
     }
   }
   bool all_w = guest_w && !(r->flags & VMM_MEM_READONLY) && !rd->logging;
@@ -433,7 +494,7 @@ enum bt_map_result vmm__bt_map_page(struct bt_vcpu *v, uint64_t la, unsigned acc
         continue;
       }
       if ((word >> ((pg0 + i) % 64)) & 1) {
-        mprotect(v->window + (first + i) * VMM_PAGE_SIZE, VMM_PAGE_SIZE, PROT_READ);
+        mprotect((void *)(v->window + (first + i) * VMM_PAGE_SIZE), VMM_PAGE_SIZE, PROT_READ);
         v->pstate[first + i] = (uint8_t)((st & ~BT_PG_WRITE) | BT_PG_CODE);
       }
     }

@@ -216,12 +216,12 @@ static int bt_thread_altstack(void) {
 int vmm__bt_thread_enter(struct bt_vcpu *v, sigset_t *saved) {
   int rc = bt_thread_altstack();
   if (rc) return rc;
-  if (bt_gs_set != (uintptr_t)v->window) {
-    if (syscall(SYS_arch_prctl, ARCH_SET_GS, (unsigned long)(uintptr_t)v->window) != 0) {
+  if (bt_gs_set != v->gsbase) {
+    if (syscall(SYS_arch_prctl, ARCH_SET_GS, (unsigned long)v->gsbase) != 0) {
       VMM_LOG_E("bt: cannot set the GS base: %s", strerror(errno));
       return VMM_EBACKEND;
     }
-    bt_gs_set = (uintptr_t)v->window;
+    bt_gs_set = v->gsbase;
   }
   if (bt_tid == 0) bt_tid = (int)syscall(SYS_gettid);
   sigset_t run;
@@ -235,7 +235,7 @@ int vmm__bt_thread_enter(struct bt_vcpu *v, sigset_t *saved) {
 }
 
 void vmm__bt_thread_forget(struct bt_vcpu *v) {
-  if (bt_gs_set != (uintptr_t)v->window) return;
+  if (bt_gs_set != v->gsbase) return;
   syscall(SYS_arch_prctl, ARCH_SET_GS, 0ul);
   bt_gs_set = 0;
 }

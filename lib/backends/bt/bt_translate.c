@@ -161,7 +161,7 @@ static bool tx_insn(struct bt_tx *t) {
       bt_e_store(&t->b, BT_RAX, bt_ea_ctrl(spill(BT_RAX)));
       vmm__tx_map(t, 1u << BT_RAX);
       bt_e_load(&t->b, BT_RAX,
-                (struct bt_ea){.base = BT_RBP, .index = -1, .scale = 1, .gs = true, .a32 = true});
+                (struct bt_ea){.base = BT_RBP, .index = -1, .scale = 1, .gs = tx_gs(t), .a32 = true});
       bt_e_lea(&t->b, BT_RSP, (struct bt_ea){.base = BT_RBP, .index = -1, .scale = 1, .disp = 8});
       bt_e_mov_rr(&t->b, BT_RBP, BT_RAX);
       bt_e_load(&t->b, BT_RAX, bt_ea_ctrl(spill(BT_RAX)));
@@ -233,10 +233,12 @@ static bool tx_insn(struct bt_tx *t) {
     case ZYDIS_MNEMONIC_XLAT:
     case ZYDIS_MNEMONIC_MASKMOVQ: case ZYDIS_MNEMONIC_MASKMOVDQU:
     case ZYDIS_MNEMONIC_VMASKMOVDQU: {
-      /* DS:rBX / DS:rDI implicit operands: a GS override and 32-bit addressing suffice. */
+      /* DS:rBX / DS:rDI implicit operands: 32-bit addressing (and the GS override in the GS
+       * window) suffice. */
       if (z->attributes & ZYDIS_ATTRIB_HAS_SEGMENT) return false;
       uint8_t out[17] = {0x65, 0x67};
       unsigned n = 2;
+      if (!tx_gs(t)) out[0] = 0x67, n = 1;
       /* The guest's own segment (2e 36 3e 26, which Zydis does not flag in 64-bit mode) and
        * address-size prefixes go: which of several segment prefixes wins is not defined. */
       for (unsigned i = 0; i < z->length; i++)

@@ -12,6 +12,7 @@ _Static_assert(offsetof(struct bt_ctrl, rflags) == BT_C_RFLAGS, "layout");
 _Static_assert(offsetof(struct bt_ctrl, kick) == BT_C_KICK, "layout");
 _Static_assert(offsetof(struct bt_ctrl, vec_avx) == BT_C_VEC_AVX, "layout");
 _Static_assert(offsetof(struct bt_ctrl, x87_live) == BT_C_X87_LIVE, "layout");
+_Static_assert(offsetof(struct bt_ctrl, host_avx) == BT_C_HOST_AVX, "layout");
 _Static_assert(offsetof(struct bt_ctrl, spill) == BT_C_SPILL, "layout");
 _Static_assert(offsetof(struct bt_ctrl, mxcsr_host) == BT_C_MXCSR_HOST, "layout");
 _Static_assert(offsetof(struct bt_ctrl, shadow_sp) == BT_C_SHADOW_SP, "layout");
@@ -69,7 +70,7 @@ int vmm__bt_vcpu_init(vmm_vcpu_t *vcpu) {
   if (rc) goto err_cache;
   struct bt_ctrl *c = v->ctrl;
   c->self = (uint64_t)(uintptr_t)c;
-  c->window = (uint64_t)(uintptr_t)v->window;
+  c->window = (uint64_t)v->window;
   c->fn_exit_chain = (uint64_t)(uintptr_t)vmm__bt_asm_exit_chain;
   c->fn_exit_indirect = (uint64_t)(uintptr_t)vmm__bt_asm_exit_indirect;
   c->fn_helper = (uint64_t)(uintptr_t)vmm__bt_asm_helper;
@@ -183,17 +184,24 @@ static void bt_handle_fault(struct bt_vcpu *v) {
     bt_internal(v, VMM_EBACKEND, "unexpected host exception in translated code");
     return;
   }
-  uintptr_t w = (uintptr_t)v->window, a = (uintptr_t)v->fault.addr;
-  if (a < w - BT_GUARD_SIZE || a >= w + BT_WINDOW_SIZE + BT_GUARD_SIZE) {
-    VMM_LOG_E("bt: translated code faulted outside its window at %#lx", (unsigned long)a);
+  /* Offset from the window, wrapping: the low window's lower guard is the top of the address
+   * space (a string instruction running down past 0). */
+  uint64_t la = (uint64_t)(uintptr_t)v->fault.addr - (uint64_t)v->window;
+  if (la >= BT_WINDOW_SIZE + BT_GUARD_SIZE && la < (uint64_t)-BT_GUARD_SIZE) {
+    VMM_LOG_E("bt: translated code faulted outside its window at %#lx",
+              (unsigned long)(uintptr_t)v->fault.addr);
     bt_internal(v, VMM_EBACKEND, "access outside the guest window");
     return;
   }
-  uint64_t la = (uint64_t)((int64_t)a - (int64_t)w);
   bool write = (v->fault.err & 2) != 0;
   if (la >= BT_WINDOW_SIZE) {
     /* Ran off either end of the 4 GiB the window covers. */
     vmm__bt_raise(v, 14, true, (write ? 2u : 0) | (user ? 4u : 0), la);
+    return;
+  }
+  if (v->low && la < BT_LOW_FLOOR) {
+    /* The low window cannot hold this page: run on from the GS window (same instruction). */
+    vmm__bt_low_window_leave(v);
     return;
   }
   if (c->rip == v->last_fault_rip && la == v->last_fault_la) {
@@ -373,6 +381,7 @@ int vmm__bt_vcpu_run(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   rc = vmm__bt_thread_enter(v, &saved);
   if (rc) return rc;
   c->vec_avx = (v->sys.xcr0 & 4) && v->bvm->host_avx;
+  c->host_avx = v->bvm->host_avx;
   for (;;) {
     /* Held while guest code runs or its faults are handled: see bt_with_vcpus_stopped(). */
     pthread_rwlock_rdlock(&v->bvm->run_lock);
@@ -600,6 +609,7 @@ size_t vmm__bt_vcpu_stats(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap) {
   BT_STAT("bt.mmio_emulated", s->mmio);
   BT_STAT("bt.smc_invalidations", s->smc);
   BT_STAT("bt.kicks", s->kicks);
+  BT_STAT("bt.low_window", v->low ? 1 : 0);
 #undef BT_STAT
   for (size_t i = 0; i < n && i < cap; i++) {
     snprintf(out[i].name, sizeof(out[i].name), "%s", t[i].name);

@@ -236,7 +236,7 @@ static uint64_t seg_base(struct bt_tx *t, ZydisRegister seg) {
 bool vmm__tx_guest_ea(struct bt_tx *t, const ZydisDecodedOperand *op, int32_t extra,
                         struct bt_ea *ea) {
   uint64_t sb = seg_base(t, op->mem.segment);
-  *ea = (struct bt_ea){.base = -1, .index = -1, .scale = 1, .gs = true, .a32 = true};
+  *ea = (struct bt_ea){.base = -1, .index = -1, .scale = 1, .gs = tx_gs(t), .a32 = true};
   uint64_t disp = op->mem.disp.has_displacement ? (uint64_t)op->mem.disp.value : 0;
   if (op->mem.base == ZYDIS_REGISTER_RIP || op->mem.base == ZYDIS_REGISTER_EIP) {
     ea->disp = (int32_t)(uint32_t)(t->rip + t->z->length + disp + sb + (uint64_t)(int64_t)extra);
@@ -286,18 +286,20 @@ static bool tx_encode_window(struct bt_tx *t, const ZydisDecodedOperand *mo, int
   o->mem.displacement = (int32_t)disp;
   req.prefixes &= ~(ZydisInstructionAttributes)(
       ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS | ZYDIS_ATTRIB_HAS_SEGMENT_DS |
-      ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS);
-  req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
+      ZYDIS_ATTRIB_HAS_SEGMENT_ES | ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS);
+  if (tx_gs(t)) req.prefixes |= ZYDIS_ATTRIB_HAS_SEGMENT_GS;
   req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
   uint8_t out[ZYDIS_MAX_INSTRUCTION_LENGTH];
   ZyanUSize n = sizeof(out);
   if (ZYAN_FAILED(ZydisEncoderEncodeInstruction(&req, out, &n))) return false;
   /* The sandbox rests on the result: decode it again and insist on 32-bit addressing (or the
-   * register-free form below 2 GiB, the same address either way). */
+   * register-free form below 2 GiB, the same address either way) and on the window's segment:
+   * GS in the GS window, neither FS nor GS (whose bases are the host's) in the low one. */
   ZydisDecodedInstruction chk;
+  const ZydisInstructionAttributes fsgs = ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS;
   if (ZYAN_FAILED(ZydisDecoderDecodeInstruction(vmm__bt_decoder(), NULL, out, n, &chk)) ||
-      chk.length != n ||
-      chk.mnemonic != z->mnemonic || !(chk.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_GS) ||
+      chk.length != n || chk.mnemonic != z->mnemonic ||
+      (chk.attributes & fsgs) != (tx_gs(t) ? ZYDIS_ATTRIB_HAS_SEGMENT_GS : 0) ||
       (chk.address_width != 32 && !(base < 0 && index == -1)))
     return false;
   bt_ebytes(&t->b, out, n);
@@ -311,7 +313,7 @@ static bool tx_vsib_scalar(struct bt_tx *t, const ZydisDecodedOperand *mo, struc
   if (b < -1 || mo->mem.base == ZYDIS_REGISTER_RIP || mo->mem.base == ZYDIS_REGISTER_EIP)
     return false;
   uint64_t disp = mo->mem.disp.has_displacement ? (uint64_t)mo->mem.disp.value : 0;
-  *ea = (struct bt_ea){.base = b, .index = -1, .scale = 1, .gs = true, .a32 = true,
+  *ea = (struct bt_ea){.base = b, .index = -1, .scale = 1, .gs = tx_gs(t), .a32 = true,
                        .disp = (int32_t)(uint32_t)(disp + seg_base(t, mo->mem.segment))};
   return true;
 }
@@ -359,19 +361,19 @@ bool vmm__tx_copy_mem_scratch(struct bt_tx *t, const ZydisDecodedOperand *mo) {
 
 /* push of a register (size 2 or 8). */
 static void tx_push_reg(struct bt_tx *t, unsigned reg, unsigned size) {
-  bt_e_mov_sized(&t->b, reg, bt_ea_stack(-(int32_t)size), size, true);
+  bt_e_mov_sized(&t->b, reg, tx_stack(t, -(int32_t)size), size, true);
   bt_e_lea_rsp(&t->b, -(int32_t)size);
 }
 
 /* Stores a 64-bit constant at %gs:-8(%esp) and moves RSP; used by CALL. */
 static void tx_push_const(struct bt_tx *t, uint64_t val) {
   if ((int64_t)val >= INT32_MIN && (int64_t)val <= INT32_MAX) {
-    bt_e_store_imm(&t->b, bt_ea_stack(-8), (uint32_t)val, 8);
+    bt_e_store_imm(&t->b, tx_stack(t, -8), (uint32_t)val, 8);
   } else {
     bt_e_store(&t->b, BT_RAX, bt_ea_ctrl(spill(BT_RAX)));
     bt_e_mov_imm64(&t->b, BT_RAX, val);
     vmm__tx_map(t, 1u << BT_RAX);
-    bt_e_store(&t->b, BT_RAX, bt_ea_stack(-8));
+    bt_e_store(&t->b, BT_RAX, tx_stack(t, -8));
     bt_e_load(&t->b, BT_RAX, bt_ea_ctrl(spill(BT_RAX)));
   }
   bt_e_lea_rsp(&t->b, -8);
@@ -392,7 +394,7 @@ bool vmm__tx_push(struct bt_tx *t) {
     return true;
   }
   if (o->type == ZYDIS_OPERAND_TYPE_IMMEDIATE) {
-    bt_e_store_imm(&t->b, bt_ea_stack(-(int32_t)size), (uint32_t)o->imm.value.s, size);
+    bt_e_store_imm(&t->b, tx_stack(t, -(int32_t)size), (uint32_t)o->imm.value.s, size);
     bt_e_lea_rsp(&t->b, -(int32_t)size);
     return true;
   }
@@ -404,7 +406,7 @@ bool vmm__tx_push(struct bt_tx *t) {
     vmm__tx_map(t, 1u << s);
     bt_e_mov_sized(&t->b, (unsigned)s, ea, size, false);
     vmm__tx_map(t, 1u << s);
-    bt_e_mov_sized(&t->b, (unsigned)s, bt_ea_stack(-(int32_t)size), size, true);
+    bt_e_mov_sized(&t->b, (unsigned)s, tx_stack(t, -(int32_t)size), size, true);
     bt_e_load(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
     bt_e_lea_rsp(&t->b, -(int32_t)size);
     return true;
@@ -423,7 +425,7 @@ bool vmm__tx_pop(struct bt_tx *t) {
       vmm__tx_helper(t, BT_H_SEG);
       return true;
     }
-    bt_e_mov_sized(&t->b, (unsigned)r, bt_ea_stack(0), size, false);
+    bt_e_mov_sized(&t->b, (unsigned)r, tx_stack(t, 0), size, false);
     if (r != BT_RSP) bt_e_lea_rsp(&t->b, (int32_t)size);
     return true;
   }
@@ -435,7 +437,7 @@ bool vmm__tx_pop(struct bt_tx *t) {
     if (s < 0 || !vmm__tx_guest_ea(t, o, extra, &ea)) return false;
     bt_e_store(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
     vmm__tx_map(t, 1u << s);
-    bt_e_mov_sized(&t->b, (unsigned)s, bt_ea_stack(0), size, false);
+    bt_e_mov_sized(&t->b, (unsigned)s, tx_stack(t, 0), size, false);
     vmm__tx_map(t, 1u << s);
     bt_e_mov_sized(&t->b, (unsigned)s, ea, size, true);
     bt_e_load(&t->b, (unsigned)s, bt_ea_ctrl(spill((unsigned)s)));
@@ -519,11 +521,11 @@ bool vmm__tx_branch(struct bt_tx *t) {
         uint32_t fix = (1u << BT_RCX) | (1u << BT_RDX);
         if ((int64_t)next >= INT32_MIN && (int64_t)next <= INT32_MAX) {
           vmm__tx_map(t, fix);
-          bt_e_store_imm(&t->b, bt_ea_stack(-8), (uint32_t)next, 8);
+          bt_e_store_imm(&t->b, tx_stack(t, -8), (uint32_t)next, 8);
         } else {
           bt_e_mov_imm64(&t->b, BT_RCX, next);
           vmm__tx_map(t, fix);
-          bt_e_store(&t->b, BT_RCX, bt_ea_stack(-8));
+          bt_e_store(&t->b, BT_RCX, tx_stack(t, -8));
         }
         bt_e_lea_rsp(&t->b, -8);
         if (tx_shadow_ok(t, next)) tx_shadow_call(t, next);
@@ -539,7 +541,7 @@ bool vmm__tx_branch(struct bt_tx *t) {
       bt_e_store(&t->b, BT_RCX, bt_ea_ctrl(spill(BT_RCX)));
       bt_e_store(&t->b, BT_RDX, bt_ea_ctrl(spill(BT_RDX)));
       vmm__tx_map(t, (1u << BT_RCX) | (1u << BT_RDX));
-      bt_e_load(&t->b, BT_RDX, bt_ea_stack(0));
+      bt_e_load(&t->b, BT_RDX, tx_stack(t, 0));
       bt_e_lea_rsp(&t->b, pop);
       if (t->v->use_rsb && !(t->mode & 4)) {
         /* Through the return cache: a host RET to the continuation of the matching CALL. */

@@ -31,6 +31,11 @@ struct bt_tx {
 };
 
 static inline uint32_t spill(unsigned reg) { return BT_C_SPILL + reg * 8; }
+/* Guest memory is %gs:(32-bit address) in the GS window, (32-bit address) in the low one. */
+static inline bool tx_gs(const struct bt_tx *t) { return !t->v->low; }
+static inline struct bt_ea tx_stack(const struct bt_tx *t, int32_t disp) {
+  return bt_ea_stack(disp, tx_gs(t));
+}
 
 void vmm__tx_map(struct bt_tx *t, uint32_t fixup);
 void vmm__tx_jmp_to(struct bt_tx *t, uint64_t target);

@@ -115,6 +115,52 @@ PROG(hcregs)
 	DONE
 END(hcregs)
 
+/* Guest pages below 64 KiB, which the low window leaves unmapped: a store, a load, a string
+ * copy into and out of them. Results: 0x8000 and 0x9000 hold the patterns, rbx the value read
+ * back, and 0x200000 the 64 bytes copied out of 0x9100. */
+PROG(lowpage)
+	movabs	$0x1122334455667788, %rax
+	mov	%rax, 0x8000
+	mov	0x8000, %rbx
+	lea	0x9100, %rdi
+	mov	$64, %ecx
+	mov	$0x5a, %al
+	rep stosb
+	mov	$0x9000, %edx
+	movl	$0xcafef00d, (%rdx)
+	lea	0x9100, %rsi
+	mov	$0x200000, %edi
+	mov	$8, %ecx
+	rep movsq
+	DONE
+END(lowpage)
+
+/* Stores at the floor of the low window and higher up in the same 2 MiB guest page. */
+PROG(lowfloor)
+	mov	%rax, 0x10000
+	mov	%rax, 0x1ff000
+	DONE
+END(lowfloor)
+
+/* Vector state across an exit to C (a NOP hypercall) with YMM upper halves in use and not:
+ * ymm3 all ones, ymm5 ones in its low half only (VEX.128 zeroes the rest); then after
+ * VZEROUPPER, xmm6 ones by a legacy SSE instruction. Stored at 0x200000 (ymm3), 0x200020
+ * (ymm5) and 0x200040 (ymm6). */
+PROG(ymm)
+	vpcmpeqd %ymm3, %ymm3, %ymm3
+	vpcmpeqd %xmm5, %xmm5, %xmm5
+	mov	$0x11000, %rax
+	call	*%rax
+	vmovdqu	%ymm3, 0x200000
+	vmovdqu	%ymm5, 0x200020
+	vzeroupper
+	pcmpeqd	%xmm6, %xmm6
+	mov	$0x11000, %rax
+	call	*%rax
+	vmovdqu	%ymm6, 0x200040
+	DONE
+END(ymm)
+
 /* A straight line for single-stepping: five instructions, then the exit. */
 PROG(steps)
 	mov	$1, %eax
