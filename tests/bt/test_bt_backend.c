@@ -24,6 +24,7 @@
 #include <libvmm/vmm.h>
 
 extern const uint8_t prog_spin_start[], prog_spin_end[], prog_spin_mem_start[], prog_spin_mem_end[];
+extern const uint8_t prog_spin_indirect_start[], prog_spin_indirect_end[];
 extern const uint8_t prog_rollback_start[], prog_rollback_end[];
 extern const uint8_t prog_emptyslot_start[], prog_emptyslot_end[];
 extern const uint8_t prog_fxrstor_start[], prog_fxrstor_end[];
@@ -401,11 +402,14 @@ static uint64_t ms_now(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void kick_program(const uint8_t *start, const uint8_t *end) {
+/* Kicks the spinning program `rounds` times, `delay_ms` after each run starts; with
+ * check_cd, rcx and rdx must hold what the program put there. */
+static void kick_program_n(const uint8_t *start, const uint8_t *end, int rounds,
+                           unsigned delay_ms, bool check_cd) {
   struct run r;
   run_flat(&r, start, end);
-  for (int round = 0; round < 3; round++) {
-    struct kicker k = {r.vcpu, 50};
+  for (int round = 0; round < rounds; round++) {
+    struct kicker k = {r.vcpu, delay_ms};
     pthread_t t;
     pthread_create(&t, NULL, kick_thread, &k);
     uint64_t t0 = ms_now();
@@ -422,6 +426,10 @@ static void kick_program(const uint8_t *start, const uint8_t *end) {
     vmm_regs_t regs;
     assert_int_equal(vmm_vcpu_get_regs(r.vcpu, &regs), 0);
     assert_true(regs.rip >= LOAD_GPA && regs.rip < LOAD_GPA + (uint64_t)(end - start));
+    if (check_cd && regs.rip >= LOAD_GPA + 17) {
+      assert_int_equal(regs.rcx, 0x1234);
+      assert_int_equal(regs.rdx, 0x5678);
+    }
   }
   /* A kick while nothing runs makes the next run return at once. */
   vmm_vcpu_kick(r.vcpu);
@@ -431,10 +439,17 @@ static void kick_program(const uint8_t *start, const uint8_t *end) {
   vmm_vm_destroy(r.vm);
 }
 
+static void kick_program(const uint8_t *start, const uint8_t *end) {
+  kick_program_n(start, end, 3, 50, false);
+}
+
 static void test_kick_stops_tight_loop(void **s) {
   (void)s;
   kick_program(prog_spin_start, prog_spin_end);
   kick_program(prog_spin_mem_start, prog_spin_mem_end);
+  /* Many short runs, so that kicks land all over the lookup, the indirect entry and the
+   * return cache. */
+  kick_program_n(prog_spin_indirect_start, prog_spin_indirect_end, 200, 1, true);
 }
 
 /* ---- self-modifying code ---- */

@@ -70,6 +70,10 @@ struct bt_exit_site {
   int32_t linked;     /* Block index it is linked to, or -1. */
 };
 
+/* Bytes in front of a block that the lookup table names: padding and the indirect entry,
+ * `mov spill(rcx),%rcx` (9 bytes), ending where the block starts. */
+#define BT_IND_ENTRY 16
+#define BT_IND_LOAD 9 /* the indirect entry proper: host_off - BT_IND_LOAD */
 /* Exits per block: conditional branches are side exits, so blocks run through them. */
 #define BT_MAX_EXITS 8
 /* Inline return-cache slots per RET, and the target of an empty slot. */

@@ -140,7 +140,7 @@ void vmm__bt_block_insert(struct bt_vcpu *v, int32_t idx) {
   if (!(b->flags & BT_BLK_SINGLE)) {
     struct bt_table_entry *e = &bt_table(v, b->mode & 3)[b->rip & ((1u << BT_TABLE_BITS) - 1)];
     e->tag = b->rip;
-    e->host = (uint64_t)(uintptr_t)(v->cache_rx + b->host_off);
+    e->host = (uint64_t)(uintptr_t)(v->cache_rx + b->host_off - BT_IND_LOAD);
   }
 }
 
@@ -160,7 +160,8 @@ static void bt_hash_remove(struct bt_vcpu *v, int32_t idx) {
   }
   uint32_t slot = (uint32_t)(b->rip & ((1u << BT_TABLE_BITS) - 1));
   struct bt_table_entry *e = &bt_table(v, b->mode & 3)[slot];
-  if (e->tag == b->rip && e->host == (uint64_t)(uintptr_t)(v->cache_rx + b->host_off)) {
+  if (e->tag == b->rip &&
+      e->host == (uint64_t)(uintptr_t)(v->cache_rx + b->host_off - BT_IND_LOAD)) {
     /* An empty entry's tag must be a RIP that does not index it: 0 everywhere but in slot 0
      * (which RIP 0 indexes), where it is BT_TAG_EMPTY (whose own slot is the last one). */
     e->tag = slot == 0 ? BT_TAG_EMPTY : 0;

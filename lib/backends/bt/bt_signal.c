@@ -114,6 +114,14 @@ static void bt_handler(int sig, siginfo_t *si, void *ucv) {
     return;
   }
   struct bt_block *b = vmm__bt_block_at_host(v, pc);
+  if (b == NULL && kickish && pc >= (uintptr_t)v->cache_rx &&
+      pc < (uintptr_t)v->cache_rx + v->cache_used) {
+    /* A block's indirect entry (the only code between blocks): step into the block. */
+    g[REG_EFL] |= (greg_t)BT_EFL_TF;
+    v->stepping = 1;
+    errno = saved_errno;
+    return;
+  }
   if (b == NULL) {
     if (kickish) {
       /* In C or in the shared assembly: the kick flag is looked at on the way out. */

@@ -404,8 +404,20 @@ int32_t vmm__bt_translate(struct bt_vcpu *v, uint64_t rip, uint64_t *fault_la, u
   if (v->cache_size - v->cache_used < 8192) vmm__bt_cache_flush(v);
   struct bt_tx t = {.v = v, .start = rip, .rip = rip, .mode = bt_mode(v), .cpl = bt_cpl(v)};
   if (single) t.mode |= 4;
-  t.b = (struct bt_buf){.p = v->cache_rw + v->cache_used, .off0 = (uint32_t)v->cache_used,
-                        .cap = (uint32_t)(v->cache_size - v->cache_used - 1024)};
+  /* Blocks that the lookup table can name start with their indirect entry (BT_IND_ENTRY bytes
+   * before the block, ending at its first byte): `mov spill(rcx),%rcx`, since a lookup hit
+   * jumps there with the host address in rcx. */
+  uint32_t pro = single ? 0 : BT_IND_ENTRY;
+  if (pro) {
+    struct bt_buf e = {.p = v->cache_rw + v->cache_used, .off0 = (uint32_t)v->cache_used,
+                       .cap = pro};
+    while (e.len < pro - BT_IND_LOAD) bt_e8(&e, 0xcc);
+    bt_e_load(&e, BT_RCX, bt_ea_ctrl(spill(BT_RCX)));
+    if (e.len != pro || e.overflow) return -2;
+  }
+  t.b = (struct bt_buf){.p = v->cache_rw + v->cache_used + pro,
+                        .off0 = (uint32_t)v->cache_used + pro,
+                        .cap = (uint32_t)(v->cache_size - v->cache_used - pro - 1024)};
   if (t.b.cap > BT_MAX_INSNS * BT_INSN_ROOM) t.b.cap = BT_MAX_INSNS * BT_INSN_ROOM;
   t.map_first = v->nmaps;
   uint32_t ndesc0 = v->ndescs;
@@ -498,7 +510,7 @@ int32_t vmm__bt_translate(struct bt_vcpu *v, uint64_t rip, uint64_t *fault_la, u
   blk->ninsn = t.ninsn;
   blk->mode = t.mode;
   blk->flags = (uint8_t)(BT_BLK_VALID | t.flags | (single ? BT_BLK_SINGLE : 0));
-  v->cache_used += (t.b.len + 15) & ~15u;
+  v->cache_used += pro + ((t.b.len + 15) & ~15u);
   if (v->smc_single) {
     /* The instruction that wrote its own page runs once from here, with the page left
      * writable; it is never found again, and later translations protect the page anew. */

@@ -95,14 +95,13 @@ static void tx_lookup_site(struct bt_tx *t, uint32_t site) {
     return;
   }
   if (jr < b->cap) b->p[jr] = (uint8_t)(b->len - (jr + 1));
-  /* hit */
+  /* hit: the table holds the block's indirect entry, which reloads rcx itself, so the jump
+   * goes through a register rather than a stored and reloaded target. */
   bt_e_movzwl(b, BT_RCX, BT_RDX);
   bt_e_lea(b, BT_RCX, (struct bt_ea){.base = BT_RCX, .index = BT_RCX, .scale = 1});
   bt_e_load(b, BT_RCX, tab_host);
-  bt_e_store(b, BT_RCX, bt_ea_ctrl(BT_C_JMP_TMP));
-  bt_e_load(b, BT_RCX, bt_ea_ctrl(spill(BT_RCX)));
   bt_e_load(b, BT_RDX, bt_ea_ctrl(spill(BT_RDX)));
-  bt_e_jmp_mem(b, bt_ea_ctrl(BT_C_JMP_TMP));
+  bt_e8(b, 0xff), bt_e8(b, 0xe1); /* jmp *%rcx */
 }
 
 static void tx_lookup(struct bt_tx *t) { tx_lookup_site(t, 0); }

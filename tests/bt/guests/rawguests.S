@@ -19,6 +19,18 @@ PROG(spin_mem)
 	jmp	1b
 END(spin_mem)
 
+/* Spins through an indirect jump (a table lookup and a block's indirect entry each time round)
+ * and a RET (the return cache), with values in rcx and rdx that a kick must not disturb. */
+PROG(spin_indirect)
+	lea	1f(%rip), %rax
+	mov	$0x1234, %ecx
+	mov	$0x5678, %edx
+1:	lea	2f(%rip), %rbx
+	push	%rbx
+	ret
+2:	jmp	*%rax
+END(spin_indirect)
+
 /* Patches the immediate of an instruction ahead of it in the same block, then a loop body it
  * already ran: the new code must run both times. */
 PROG(smc)
