@@ -230,12 +230,15 @@ static void floors(void) {
 }
 
 int main(int argc, char **argv) {
+  const char *only = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--guest-dir") && i + 1 < argc) guest_dir = argv[++i];
+    else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc) tmpdir = argv[++i];
     else {
-      fprintf(stderr, "usage: %s --guest-dir DIR [--reps N] [--dir TMPDIR]\n", argv[0]);
+      fprintf(stderr, "usage: %s --guest-dir DIR [--reps N] [--dir TMPDIR] [--only kvm,bt,pv]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -246,6 +249,7 @@ int main(int argc, char **argv) {
   printf("%-4s %14s %14s %14s %14s\n", "", "roll back us", "clone us", "save GB/s", "load GB/s");
   const vmm_backend_t all[] = {VMM_BACKEND_KVM, VMM_BACKEND_BT, VMM_BACKEND_PV};
   for (int i = 0; i < 3; i++) {
+    if (only && !strstr(only, vmm_backend_name(all[i]))) continue;
     int rc = vmm_backend_probe(all[i]);
     if (rc) {
       printf("%-4s unavailable: %s\n", vmm_backend_name(all[i]), vmm_strerror(rc));
