@@ -77,6 +77,11 @@ void vmm__bt_cache_fini(struct bt_vcpu *v) {
   v->descs = NULL;
 }
 
+/* What the lookup table holds for a block: the host address of its indirect entry. */
+static uint64_t bt_table_host(const struct bt_vcpu *v, const struct bt_block *b) {
+  return (uint64_t)(uintptr_t)(v->cache_rx + b->host_off - BT_IND_LOAD);
+}
+
 static struct bt_table_entry *bt_table(struct bt_vcpu *v, unsigned cpl) {
   return (struct bt_table_entry *)((uint8_t *)v->ctrl + (cpl == 3 ? BT_C_TABLE3 : BT_C_TABLE0));
 }
@@ -140,7 +145,7 @@ void vmm__bt_block_insert(struct bt_vcpu *v, int32_t idx) {
   if (!(b->flags & BT_BLK_SINGLE)) {
     struct bt_table_entry *e = &bt_table(v, b->mode & 3)[b->rip & ((1u << BT_TABLE_BITS) - 1)];
     e->tag = b->rip;
-    e->host = (uint64_t)(uintptr_t)(v->cache_rx + b->host_off - BT_IND_LOAD);
+    e->host = bt_table_host(v, b);
   }
 }
 
@@ -160,8 +165,7 @@ static void bt_hash_remove(struct bt_vcpu *v, int32_t idx) {
   }
   uint32_t slot = (uint32_t)(b->rip & ((1u << BT_TABLE_BITS) - 1));
   struct bt_table_entry *e = &bt_table(v, b->mode & 3)[slot];
-  if (e->tag == b->rip &&
-      e->host == (uint64_t)(uintptr_t)(v->cache_rx + b->host_off - BT_IND_LOAD)) {
+  if (e->tag == b->rip && e->host == bt_table_host(v, b)) {
     /* An empty entry's tag must be a RIP that does not index it: 0 everywhere but in slot 0
      * (which RIP 0 indexes), where it is BT_TAG_EMPTY (whose own slot is the last one). */
     e->tag = slot == 0 ? BT_TAG_EMPTY : 0;

@@ -29,7 +29,7 @@
 #define BT_C_HOST_RSP 0x0a0   /* Host stack for helper calls. */
 #define BT_C_ENTRY_RSP 0x0a8  /* Host stack of vmm__bt_asm_enter, to return to the dispatcher. */
 #define BT_C_ENTRY_PC 0x0b0   /* Where vmm__bt_asm_enter jumps into the code cache. */
-#define BT_C_JMP_TMP 0x0b8    /* Reserved (no user: lookup hits jump through rcx). */
+/* 0x0b8: free. */
 #define BT_C_KICK 0x0c0       /* Non-zero: a kick is pending. */
 #define BT_C_HELPER_ARG 0x0c8 /* Helper descriptor index for vmm__bt_asm_helper. */
 #define BT_C_WINDOW 0x0d0     /* Host address of the window (the GS base). */
