@@ -44,6 +44,8 @@ struct vmm_region {
   pthread_mutex_t own_lock;
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
   uint64_t *snap_pending; /* Pages the public dirty-log call took that snapshots still need. */
+  bool user_log;        /* The program reads this log: every read protects all pages again. */
+  uint32_t keep_reads;  /* Reads that left pages writable since one protected them all. */
   void *backend_data;
 };
 
@@ -104,6 +106,11 @@ struct vmm_backend_ops {
   int (*dirty_log_enable)(vmm_vm_t *vm, struct vmm_region *r, bool enable);
   /* Gets and clears; bitmap has room for r->size / 4096 bits, zeroed by the caller. */
   int (*dirty_log_get)(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
+  /* The same for a roll back, which copies back every page the read returns: the backend may
+   * leave those pages writable, and then every later read returns them again until a
+   * dirty_log_get protects them (a guest that writes the same pages after each roll back
+   * takes no faults and its roll backs re-protect nothing). May be NULL. */
+  int (*dirty_log_get_keep)(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
   int (*vcpu_init)(vmm_vcpu_t *vcpu);
   void (*vcpu_fini)(vmm_vcpu_t *vcpu);
   int (*vcpu_run)(vmm_vcpu_t *vcpu, vmm_exit_t *exit);
@@ -250,7 +257,7 @@ void vmm__handler_set_device(vmm_handler_t *h, vmm_device_t *dev);
  * translators must know. */
 void vmm__host_wrote(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
 /* Reads and clears a region's dirty log (backend and host writes); bitmap sized for it. */
-int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
+int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap, bool keep);
 
 /* Reads a whole regular file of at most `max` bytes into a malloc'ed buffer (logged errors:
  * VMM_EIO, VMM_ELIMIT, VMM_ENOMEM). */

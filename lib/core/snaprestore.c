@@ -169,7 +169,7 @@ static int vmm_snap_restore_memory(vmm_vm_t *vm, const struct vmm_snapshot *s) {
     uint64_t *want = NULL;
     bool partial = false;
     if (incremental) {
-      int rc = vmm__snap_dirty(vm, i, &want);
+      int rc = vmm__snap_dirty(vm, i, &want, true);
       if (rc) return rc;
       partial = vmm_snap_mark_path(base, lca, i, want, words) &&
                 vmm_snap_mark_path(s, lca, i, want, words);

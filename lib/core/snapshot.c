@@ -469,13 +469,13 @@ bool vmm__snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s) {
 
 /* Reads and clears the dirty pages of region i (backend writes, host writes, and what the
  * program's own dirty-log calls took since). */
-int vmm__snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out) {
+int vmm__snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out, bool keep) {
   struct vmm_region *live = vm->regions[i];
   size_t bytes = vmm__snap_bitmap_bytes(live->size / PAGE);
   uint64_t *bm = calloc(1, bytes ? bytes : 8);
   if (bm == NULL) return VMM_ENOMEM;
   pthread_mutex_lock(&vm->lock);
-  int rc = vmm__dirty_get(vm, live, bm);
+  int rc = vmm__dirty_get(vm, live, bm, keep);
   if (rc == 0 && live->snap_pending) {
     for (size_t w = 0; w < bytes / 8; w++) bm[w] |= live->snap_pending[w];
     memset(live->snap_pending, 0, bytes);
@@ -503,7 +503,7 @@ void vmm__snap_start_logging(vmm_vm_t *vm) {
   }
   for (size_t i = 0; vm->dirty_all && i < vm->nregions; i++) {
     uint64_t *bm;
-    if (vmm__snap_dirty(vm, i, &bm) == 0) free(bm);
+    if (vmm__snap_dirty(vm, i, &bm, false) == 0) free(bm);
   }
 }
 
@@ -541,10 +541,16 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
     if (rc) goto fail;
     if (incremental) {
       uint64_t *bm;
-      rc = vmm__snap_dirty(vm, i, &bm);
+      rc = vmm__snap_dirty(vm, i, &bm, false);
       if (rc) goto fail;
-      for (uint64_t pg = 0; pg < s->regions[i].npages; pg++)
-        if (bit_get(bm, pg)) vmm__snap_store_page(&s->regions[i], pg, live->hva + pg * PAGE);
+      /* The log may name pages that hold what the base holds (a roll back left them writable,
+       * or the guest wrote the same bytes): the layer stores only pages that differ. */
+      for (uint64_t pg = 0; pg < s->regions[i].npages; pg++) {
+        if (!bit_get(bm, pg)) continue;
+        const uint8_t *cur = live->hva + pg * PAGE, *old = vmm__snap_page(base, i, pg);
+        if (old ? memcmp(cur, old, PAGE) == 0 : vmm__snap_page_is_zero(cur)) continue;
+        vmm__snap_store_page(&s->regions[i], pg, cur);
+      }
       free(bm);
     } else if ((vm->ops->caps & VMM__CAP_RAM_COW) && !live->cow && !live->layered) {
       rc = vmm_snap_adopt(vm, live, &s->regions[i]);

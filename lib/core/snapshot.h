@@ -86,7 +86,7 @@ static inline bool vmm__snap_vm_stopped(vmm_vm_t *vm) { return atomic_load(&vm->
 bool vmm__snap_page_is_zero(const uint8_t *p);
 /* Reads and clears the dirty pages of region i (backend writes, host writes, and what the
  * program's own dirty-log calls took since); *out is malloc'ed. */
-int vmm__snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out);
+int vmm__snap_dirty(vmm_vm_t *vm, size_t i, uint64_t **out, bool keep);
 bool vmm__snap_same_layout(vmm_vm_t *vm, const struct vmm_snapshot *s);
 int vmm__snap_count_vcpus(vmm_vm_t *vm, uint32_t *count);
 

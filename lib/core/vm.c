@@ -482,14 +482,28 @@ out:
   return rc;
 }
 
-int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
+/* Roll backs may leave the pages they copy writable (dirty_log_get_keep), so that a guest that
+ * writes the same pages each round takes no write faults. Those pages are copied again by
+ * every roll back until a read protects them, so one read in VMM_KEEP_READS does, and so does
+ * the read after one that returned more than VMM_KEEP_PAGES pages (a guest that once wrote
+ * much and then little pays for the excess a bounded number of times). */
+#define VMM_KEEP_READS 16
+#define VMM_KEEP_PAGES 8192
+
+int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap, bool keep) {
   if (!r->dirty_log) return VMM_ESTATE;
   size_t need = vmm_bitmap_bytes(r->size);
   memset(bitmap, 0, need);
-  int rc = vm->ops->dirty_log_get(vm, r, bitmap);
+  keep = keep && vm->ops->dirty_log_get_keep && !r->user_log && r->keep_reads < VMM_KEEP_READS;
+  int rc = keep ? vm->ops->dirty_log_get_keep(vm, r, bitmap) : vm->ops->dirty_log_get(vm, r, bitmap);
   if (rc == 0) {
-    for (size_t i = 0; i < need / 8; i++)
+    uint64_t pages = 0;
+    for (size_t i = 0; i < need / 8; i++) {
       bitmap[i] |= __atomic_exchange_n(&r->host_dirty[i], 0, __ATOMIC_RELAXED);
+      pages += (uint64_t)__builtin_popcountll(bitmap[i]);
+    }
+    if (!keep) r->keep_reads = 0;
+    else r->keep_reads = pages > VMM_KEEP_PAGES ? VMM_KEEP_READS : r->keep_reads + 1;
   }
   return rc;
 }
@@ -508,7 +522,8 @@ int vmm_vm_dirty_log_get(vmm_vm_t *vm, uint64_t gpa, uint64_t *bitmap, size_t bi
     rc = VMM_ERANGE;
     goto out;
   }
-  rc = vmm__dirty_get(vm, r, bitmap);
+  r->user_log = true; /* From now on every read is exact (no page left writable). */
+  rc = vmm__dirty_get(vm, r, bitmap, false);
   /* Snapshots read the same log: keep what this call takes for them, or roll backs would
    * miss these pages. */
   if (rc == 0 && vm->dirty_all) {

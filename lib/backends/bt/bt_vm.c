@@ -284,27 +284,56 @@ static void bt_log_switch(struct vmm_region *r, void *arg) {
 
 static int bt_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) {
   struct bt_region *d = r->backend_data;
+  size_t words = bt_bitmap_words(r->size);
   if (enable && d->dirty == NULL) {
-    d->dirty = calloc(bt_bitmap_words(r->size), sizeof(uint64_t));
-    if (d->dirty == NULL) return VMM_ENOMEM;
+    d->dirty = calloc(words, sizeof(uint64_t));
+    d->kept = calloc(words, sizeof(uint64_t));
+    if (d->dirty == NULL || d->kept == NULL) {
+      free(d->dirty);
+      free(d->kept);
+      d->dirty = d->kept = NULL;
+      return VMM_ENOMEM;
+    }
   } else if (enable) {
-    memset(d->dirty, 0, bt_bitmap_words(r->size) * sizeof(uint64_t));
+    memset(d->dirty, 0, words * sizeof(uint64_t));
+    memset(d->kept, 0, words * sizeof(uint64_t));
   }
   bt_with_vcpus_stopped(vm, bt_log_switch, r, &enable, BT_STOP_FLUSH);
   return 0;
 }
 
-static void bt_log_collect(struct vmm_region *r, void *arg) {
+/* With every vCPU stopped: the pages written since the last read and those kept writable.
+ * After a read that protected the windows again (REVOKE) nothing is kept; after a keeping read
+ * (ONLY) all of them are. */
+static void bt_log_collect(struct vmm_region *r, void *bitmap) {
   struct bt_region *d = r->backend_data;
-  uint64_t *bitmap = arg;
-  for (size_t i = 0; i < bt_bitmap_words(r->size); i++)
-    bitmap[i] |= __atomic_exchange_n(&d->dirty[i], 0, __ATOMIC_RELAXED);
+  for (size_t i = 0; i < bt_bitmap_words(r->size); i++) {
+    uint64_t kept = __atomic_exchange_n(&d->kept[i], 0, __ATOMIC_RELAXED);
+    ((uint64_t *)bitmap)[i] |= __atomic_exchange_n(&d->dirty[i], 0, __ATOMIC_RELAXED) | kept;
+  }
+}
+
+static void bt_log_collect_keep(struct vmm_region *r, void *bitmap) {
+  struct bt_region *d = r->backend_data;
+  for (size_t i = 0; i < bt_bitmap_words(r->size); i++) {
+    uint64_t w = __atomic_exchange_n(&d->dirty[i], 0, __ATOMIC_RELAXED);
+    ((uint64_t *)bitmap)[i] |= __atomic_or_fetch(&d->kept[i], w, __ATOMIC_RELAXED);
+  }
 }
 
 static int bt_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
   struct bt_region *d = r->backend_data;
   if (!d->logging || d->dirty == NULL) return VMM_ESTATE;
   bt_with_vcpus_stopped(vm, bt_log_collect, r, bitmap, BT_STOP_REVOKE);
+  return 0;
+}
+
+/* A roll back's read: the windows keep their writable pages, which are reported again until a
+ * bt_dirty_log_get protects them. */
+static int bt_dirty_log_get_keep(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
+  struct bt_region *d = r->backend_data;
+  if (!d->logging || d->dirty == NULL) return VMM_ESTATE;
+  bt_with_vcpus_stopped(vm, bt_log_collect_keep, r, bitmap, BT_STOP_ONLY);
   return 0;
 }
 
@@ -362,6 +391,7 @@ static void bt_region_remove(vmm_vm_t *vm, struct vmm_region *r) {
     free(d->code);
     free(d->pt);
     free(d->dirty);
+    free(d->kept);
     free(d);
   }
   r->backend_data = NULL;
@@ -418,6 +448,7 @@ const struct vmm_backend_ops vmm__bt_ops = {
     .region_remove = bt_region_remove,
     .dirty_log_enable = bt_dirty_log_enable,
     .dirty_log_get = bt_dirty_log_get,
+    .dirty_log_get_keep = bt_dirty_log_get_keep,
     .vcpu_init = vmm__bt_vcpu_init,
     .vcpu_fini = vmm__bt_vcpu_fini,
     .vcpu_run = vmm__bt_vcpu_run,

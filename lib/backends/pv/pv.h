@@ -40,9 +40,11 @@ struct vmm_pv_range {
   uint64_t gpa, len;
 };
 
-/* Per RAM region: pages found dirty in sandboxes that have gone since the last get. */
+/* Per RAM region under dirty logging: pages whose write-protection a sandbox's write lifted
+ * since the last read, and pages a roll back's read left writable (pv_dirty.c). */
 struct vmm_pv_region {
   uint64_t *dirty;
+  uint64_t *kept;
 };
 
 enum vmm_pv_pending { VMM_PV_PEND_NONE, VMM_PV_PEND_HYPERCALL, VMM_PV_PEND_EMU };
@@ -58,10 +60,10 @@ struct vmm_pv_vcpu {
   atomic_int pidfd;        /* For kicks; -1 when there is none. */
   uint64_t tracer;         /* vmm__pv_thread_token() of the thread that seized the child. */
   int pinned_cpu;          /* CPU the child is pinned to, or -1. */
-  /* The child's userfaultfd and pagemap, for dirty tracking (-1 when there are none). Changes of
-   * the child and dirty-log scans from other threads take child_lock. */
+  /* The child's userfaultfd, for dirty tracking (-1 when there is none; uffd_on once its API is
+   * set). Changes of the child and dirty-log reads from other threads take child_lock. */
   int uffd;
-  int pagemap;
+  bool uffd_on;
   pthread_mutex_t child_lock;
   bool thread_pinned;      /* The tracer thread is pinned there for the current run. */
   cpu_set_t thread_mask;   /* The tracer thread's own affinity, restored after the run. */
@@ -85,6 +87,13 @@ struct vmm_pv_vcpu {
   struct vmm_emu_access acc;
 
   uint64_t stat_stops, stat_syscalls, stat_signals, stat_emulated, stat_spawns, stat_kicks;
+  uint64_t stat_wp_faults; /* Write-protection faults of dirty logging. */
+  /* SIGBUS stops in a row at one page with no log read protecting pages again in between: a
+   * page that keeps faulting after its protection was lifted faults for another reason,
+   * reported after 1000 tries. protect_gen counts the reads' protections of this sandbox. */
+  uint64_t wp_last_page, wp_last_gen;
+  uint32_t wp_repeats;
+  atomic_uint_fast64_t protect_gen;
 
   /* Clones: pages that became the VM's own while this sandbox maps them from the shared
    * base, to map from the own file before the guest runs again (remap_all: every own page,
@@ -118,10 +127,16 @@ uint64_t vmm__pv_map_floor(void);
 /* pv_dirty.c */
 /* Prepares a new child's dirty tracking (its userfaultfd arrived in `uffd`). */
 int vmm__pv_dirty_child_init(vmm_vcpu_t *vcpu, int uffd);
-/* Before a child goes: keeps what it dirtied (all of RAM under logging if it died). */
+/* Before a child goes. */
 void vmm__pv_dirty_child_fini(vmm_vcpu_t *vcpu, bool alive);
 int vmm__pv_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable);
+/* A SIGBUS at addr stopped the sandbox: 1 if it was the write-protection of a logged page
+ * (noted and lifted; resume the guest without the signal), 0 if not, or an error. */
+int vmm__pv_dirty_fault(vmm_vcpu_t *vcpu, uint64_t addr);
+/* The userfaultfd features dirty logging asks for. */
+uint64_t vmm__pv_uffd_features(void);
 int vmm__pv_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
+int vmm__pv_dirty_log_get_keep(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
 void vmm__pv_region_free(struct vmm_region *r);
 /* Tracks [lo, lo+len) of a sandbox already tracking dirty pages again, after a new mapping
  * there (child_lock held). */

@@ -1,8 +1,11 @@
 /* pv backend: dirty-page logging. Each sandbox hands the library a userfaultfd of its address
- * space (pv_stub.c); guest RAM under logging is registered for write-protection in the kernel's
- * asynchronous mode, where a write to a protected page only marks it written and goes on, with
- * no stop of the guest. PAGEMAP_SCAN on the sandbox's /proc/PID/pagemap reports the written
- * pages and protects them again in one step, from any thread, even while the guest runs. */
+ * space (pv_stub.c); guest RAM under logging is registered there for write-protection, with
+ * faults turned into SIGBUS (UFFD_FEATURE_SIGBUS). The first write to a protected page stops
+ * the sandbox with that signal; the vCPU thread notes the page, lifts the protection of that
+ * page in that sandbox and resumes the guest, which repeats the write. A log read returns the
+ * noted pages and protects them again, in every sandbox; a roll back's read may leave them
+ * writable (then every later read returns them until one protects them). So a read costs in
+ * proportion to the pages written, not to the size of RAM. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -14,27 +17,14 @@
 
 #include "pv.h"
 
-/* From Linux 6.7 uapi headers, which older distributions lack. */
+/* From Linux 6.4 uapi headers, which older distributions lack. */
 #define VMM_UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1ull << 12)
 #define VMM_UFFD_FEATURE_WP_UNPOPULATED (1ull << 13)
-#define VMM_UFFD_FEATURE_WP_ASYNC (1ull << 15)
 #define VMM_UFFD_WANT                                                              \
   (VMM_UFFD_FEATURE_WP_HUGETLBFS_SHMEM | VMM_UFFD_FEATURE_WP_UNPOPULATED | \
-   VMM_UFFD_FEATURE_WP_ASYNC)
+   UFFD_FEATURE_SIGBUS)
 
-struct vmm_page_region {
-  uint64_t start, end, categories;
-};
-
-struct vmm_pm_scan_arg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
-  uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
-};
-
-#define VMM_PAGEMAP_SCAN _IOWR('f', 16, struct vmm_pm_scan_arg)
-#define VMM_PAGE_IS_WRITTEN (1ull << 1)
-#define VMM_PM_SCAN_WP_MATCHING (1ull << 0)
-#define VMM_PM_SCAN_CHECK_WPASYNC (1ull << 1)
+uint64_t vmm__pv_uffd_features(void) { return VMM_UFFD_WANT; }
 
 static void vmm_pv_span(const struct vmm_region *r, uint64_t *lo, uint64_t *hi) {
   uint64_t floor = vmm__pv_map_floor();
@@ -69,36 +59,37 @@ static void vmm_pv_set_bits(uint64_t *bitmap, uint64_t first, uint64_t count) {
     __atomic_fetch_or(&bitmap[i / 64], 1ull << (i % 64), __ATOMIC_RELAXED);
 }
 
-/* Adds the pages of `r` written in this sandbox since the last scan to `bitmap` and
- * write-protects them again. */
-static int vmm_pv_scan(struct vmm_pv_vcpu *pv, const struct vmm_region *r, uint64_t *bitmap) {
+/* Write-protects again, in one sandbox, the pages of `r` set in `pages`, run by run. */
+static int vmm_pv_protect(struct vmm_pv_vcpu *pv, const struct vmm_region *r,
+                          const uint64_t *pages) {
   uint64_t lo, hi;
   vmm_pv_span(r, &lo, &hi);
-  if (pv->pagemap < 0 || hi == lo) return 0;
-  struct vmm_page_region vec[256];
-  for (uint64_t start = lo; start < hi;) {
-    struct vmm_pm_scan_arg a = {
-        .size = sizeof(a),
-        .flags = VMM_PM_SCAN_WP_MATCHING | VMM_PM_SCAN_CHECK_WPASYNC,
-        .start = start,
-        .end = hi,
-        .vec = (uint64_t)(uintptr_t)vec,
-        .vec_len = VMM_ARRAY_SIZE(vec),
-        .category_mask = VMM_PAGE_IS_WRITTEN,
-        .return_mask = VMM_PAGE_IS_WRITTEN,
-    };
-    long n = ioctl(pv->pagemap, VMM_PAGEMAP_SCAN, &a);
-    if (n < 0) {
-      /* ESRCH: the sandbox died (its tracer thread ended); the caller counts all as dirty. */
-      if (errno == ESRCH) return VMM_ECHILD;
-      VMM_LOG_E("pv: PAGEMAP_SCAN of sandbox %d: %s", (int)pv->pid, strerror(errno));
+  if (!pv->uffd_on || hi == lo) return 0;
+  atomic_fetch_add(&pv->protect_gen, 1);
+  uint64_t n = r->size / VMM_PAGE_SIZE;
+  for (uint64_t pg = 0; pg < n;) {
+    if (pages[pg / 64] == 0 && pg % 64 == 0) {
+      pg += 64;
+      continue;
+    }
+    if (!((pages[pg / 64] >> (pg % 64)) & 1)) {
+      pg++;
+      continue;
+    }
+    uint64_t end = pg + 1;
+    while (end < n && ((pages[end / 64] >> (end % 64)) & 1)) end++;
+    uint64_t a = r->gpa + pg * VMM_PAGE_SIZE, b = r->gpa + end * VMM_PAGE_SIZE;
+    if (a < lo) a = lo;
+    if (b > hi) b = hi;
+    pg = end;
+    if (a >= b) continue;
+    struct uffdio_writeprotect wp = {.range = {a, b - a}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+    if (ioctl(pv->uffd, UFFDIO_WRITEPROTECT, &wp) != 0) {
+      if (errno == ESRCH || errno == ENOENT) return VMM_ECHILD; /* the sandbox is going */
+      VMM_LOG_E("pv: cannot write-protect [%#llx, %#llx) again: %s", (unsigned long long)a,
+                (unsigned long long)b, strerror(errno));
       return VMM_EBACKEND;
     }
-    for (long i = 0; i < n; i++)
-      vmm_pv_set_bits(bitmap, (vec[i].start - r->gpa) / VMM_PAGE_SIZE,
-                      (vec[i].end - vec[i].start) / VMM_PAGE_SIZE);
-    if (a.walk_end <= start || a.walk_end >= hi) break;
-    start = a.walk_end;
   }
   return 0;
 }
@@ -106,24 +97,18 @@ static int vmm_pv_scan(struct vmm_pv_vcpu *pv, const struct vmm_region *r, uint6
 /* Makes a sandbox's userfaultfd usable and opens its pagemap: on first use only, which keeps
  * both off the path of VMs that never log. Called with child_lock held. */
 static int vmm_pv_activate(struct vmm_pv_vcpu *pv) {
-  if (pv->pagemap >= 0 || pv->uffd < 0) return 0;
+  if (pv->uffd_on || pv->uffd < 0) return 0;
   struct uffdio_api api = {.api = UFFD_API, .features = VMM_UFFD_WANT};
   if (ioctl(pv->uffd, UFFDIO_API, &api) != 0) {
-    VMM_LOG_E("pv: no asynchronous userfaultfd write-protection: %s", strerror(errno));
+    VMM_LOG_E("pv: no userfaultfd write-protection of shared memory: %s", strerror(errno));
     return VMM_ENOSYS;
   }
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pv->pid);
-  pv->pagemap = open(path, O_RDONLY | O_CLOEXEC);
-  if (pv->pagemap < 0) {
-    VMM_LOG_E("pv: cannot open %s: %s", path, strerror(errno));
-    return VMM_EBACKEND;
-  }
+  pv->uffd_on = true;
   return 0;
 }
 
 int vmm__pv_dirty_track_range(struct vmm_pv_vcpu *pv, uint64_t lo, uint64_t len) {
-  if (pv->uffd < 0 || pv->pagemap < 0 || len == 0) return 0;
+  if (pv->uffd < 0 || !pv->uffd_on || len == 0) return 0;
   struct uffdio_register reg = {.range = {lo, len}, .mode = UFFDIO_REGISTER_MODE_WP};
   struct uffdio_writeprotect wp = {.range = {lo, len}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
   if (ioctl(pv->uffd, UFFDIO_REGISTER, &reg) != 0 ||
@@ -139,7 +124,7 @@ int vmm__pv_dirty_child_init(vmm_vcpu_t *vcpu, int uffd) {
   struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
   vmm_vm_t *vm = vcpu->vm;
   pv->uffd = uffd;
-  pv->pagemap = -1;
+  pv->uffd_on = false;
   /* A region is under logging from the moment its record exists (dirty_log_enable makes it
    * before it looks at the sandboxes, and the core sets r->dirty_log only afterwards). */
   for (size_t i = 0; i < vm->nregions; i++) {
@@ -151,20 +136,43 @@ int vmm__pv_dirty_child_init(vmm_vcpu_t *vcpu, int uffd) {
   return 0;
 }
 
-void vmm__pv_dirty_child_fini(vmm_vcpu_t *vcpu, bool alive) {
+int vmm__pv_dirty_fault(vmm_vcpu_t *vcpu, uint64_t addr) {
   struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
   vmm_vm_t *vm = vcpu->vm;
+  if (pv->uffd < 0 || !pv->uffd_on) return 0;
   for (size_t i = 0; i < vm->nregions; i++) {
     struct vmm_region *r = vm->regions[i];
     struct vmm_pv_region *pr = r->backend_data;
-    if (pr == NULL || pr->dirty == NULL) continue;
-    /* A sandbox that died took its record along: count all of it as written. */
-    if (!alive || vmm_pv_scan(pv, r, pr->dirty) != 0)
-      vmm_pv_set_bits(pr->dirty, 0, r->size / VMM_PAGE_SIZE);
+    if (addr - r->gpa >= r->size || pr == NULL || (r->flags & VMM_MEM_READONLY)) continue;
+    uint64_t lo, hi, page = addr & ~(uint64_t)(VMM_PAGE_SIZE - 1);
+    vmm_pv_span(r, &lo, &hi);
+    if (page < lo || page >= hi) return 0;
+    /* Protection off first, the note second: a read between them finds the page on its next
+     * round, never loses it. */
+    struct uffdio_writeprotect wp = {.range = {page, VMM_PAGE_SIZE}, .mode = 0};
+    pthread_mutex_lock(&pv->child_lock);
+    int rc = ioctl(pv->uffd, UFFDIO_WRITEPROTECT, &wp);
+    pthread_mutex_unlock(&pv->child_lock);
+    if (rc != 0) {
+      VMM_LOG_E("pv: cannot lift write-protection of %#llx: %s", (unsigned long long)page,
+                strerror(errno));
+      return VMM_EBACKEND;
+    }
+    vmm_pv_set_bits(pr->dirty, (page - r->gpa) / VMM_PAGE_SIZE, 1);
+    pv->stat_wp_faults++;
+    return 1;
   }
-  if (pv->pagemap >= 0) close(pv->pagemap);
+  return 0;
+}
+
+/* Every write a sandbox made to a protected page was noted when it faulted: nothing is lost
+ * when it goes, dead or alive. */
+void vmm__pv_dirty_child_fini(vmm_vcpu_t *vcpu, bool alive) {
+  (void)alive;
+  struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
   if (pv->uffd >= 0) close(pv->uffd);
-  pv->pagemap = pv->uffd = -1;
+  pv->uffd = -1;
+  pv->uffd_on = false;
 }
 
 int vmm__pv_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) {
@@ -172,8 +180,11 @@ int vmm__pv_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) {
   struct vmm_pv_region *pr = r->backend_data;
   if (enable && pr == NULL) {
     pr = calloc(1, sizeof(*pr));
-    if (pr) pr->dirty = calloc((r->size / VMM_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
-    if (pr == NULL || pr->dirty == NULL) {
+    size_t words = (r->size / VMM_PAGE_SIZE + 63) / 64;
+    if (pr) pr->dirty = calloc(words, sizeof(uint64_t));
+    if (pr) pr->kept = calloc(words, sizeof(uint64_t));
+    if (pr == NULL || pr->dirty == NULL || pr->kept == NULL) {
+      if (pr) free(pr->dirty), free(pr->kept);
       free(pr);
       return VMM_ENOMEM;
     }
@@ -195,30 +206,52 @@ int vmm__pv_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) {
   return rc;
 }
 
-int vmm__pv_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
+static int vmm_pv_dirty_read(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap, bool keep) {
   struct vmm_pv_region *pr = r->backend_data;
+  if (pr == NULL) return VMM_ESTATE;
+  size_t words = (r->size / VMM_PAGE_SIZE + 63) / 64;
+  if (keep) {
+    for (size_t w = 0; w < words; w++) {
+      uint64_t got = __atomic_exchange_n(&pr->dirty[w], 0, __ATOMIC_RELAXED);
+      bitmap[w] |= __atomic_or_fetch(&pr->kept[w], got, __ATOMIC_RELAXED);
+    }
+    return 0;
+  }
+  uint64_t *pages = calloc(words ? words : 1, sizeof(uint64_t));
+  if (pages == NULL) return VMM_ENOMEM;
+  for (size_t w = 0; w < words; w++) {
+    pages[w] = __atomic_exchange_n(&pr->dirty[w], 0, __ATOMIC_RELAXED) |
+               __atomic_exchange_n(&pr->kept[w], 0, __ATOMIC_RELAXED);
+    bitmap[w] |= pages[w];
+  }
   int rc = 0;
   for (size_t i = 0; i < VMM_MAX_VCPUS; i++) {
     vmm_vcpu_t *v = vm->vcpus[i];
     if (v == NULL || v->backend_data == NULL) continue;
     struct vmm_pv_vcpu *pv = vmm_pv_vcpu(v);
     pthread_mutex_lock(&pv->child_lock);
-    int r2 = vmm_pv_scan(pv, r, bitmap);
+    int r2 = vmm_pv_protect(pv, r, pages);
     pthread_mutex_unlock(&pv->child_lock);
-    if (r2 && rc == 0) rc = r2;
+    /* A sandbox that is going protects nothing any more; its successor starts protected. */
+    if (r2 && r2 != VMM_ECHILD && rc == 0) rc = r2;
   }
-  if (pr && pr->dirty) {
-    size_t words = (r->size / VMM_PAGE_SIZE + 63) / 64;
-    for (size_t w = 0; w < words; w++)
-      bitmap[w] |= __atomic_exchange_n(&pr->dirty[w], 0, __ATOMIC_RELAXED);
-  }
+  free(pages);
   return rc;
+}
+
+int vmm__pv_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
+  return vmm_pv_dirty_read(vm, r, bitmap, false);
+}
+
+int vmm__pv_dirty_log_get_keep(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
+  return vmm_pv_dirty_read(vm, r, bitmap, true);
 }
 
 void vmm__pv_region_free(struct vmm_region *r) {
   struct vmm_pv_region *pr = r->backend_data;
   if (pr == NULL) return;
   free(pr->dirty);
+  free(pr->kept);
   free(pr);
   r->backend_data = NULL;
 }

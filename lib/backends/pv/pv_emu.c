@@ -451,6 +451,20 @@ int vmm__pv_on_signal(vmm_vcpu_t *vcpu, int sig, vmm_exit_t *exit) {
     pv->stat_kicks++;
     return 1;
   }
+  if (sig == SIGBUS) {
+    /* Dirty logging's write-protection (no registers needed): note the page, go on. */
+    rc = vmm_pv_siginfo(pv, &si);
+    if (rc) return rc;
+    uint64_t page = (uint64_t)(uintptr_t)si.si_addr / VMM_PAGE_SIZE;
+    uint64_t gen = atomic_load(&pv->protect_gen);
+    pv->wp_repeats = page == pv->wp_last_page && gen == pv->wp_last_gen ? pv->wp_repeats + 1 : 0;
+    pv->wp_last_page = page;
+    pv->wp_last_gen = gen;
+    if (si.si_code == BUS_ADRERR && pv->wp_repeats < 1000) {
+      rc = vmm__pv_dirty_fault(vcpu, (uint64_t)(uintptr_t)si.si_addr);
+      if (rc) return rc < 0 ? rc : 0;
+    }
+  }
   rc = vmm__pv_getregs(pv);
   if (rc) return rc;
   switch (sig) {
@@ -478,8 +492,6 @@ int vmm__pv_on_signal(vmm_vcpu_t *vcpu, int sig, vmm_exit_t *exit) {
       vmm__pv_exception(exit, si.si_code == VMM_PV_SI_KERNEL ? 3 : 1, false, 0, pv->ur.rip, 0);
       return 1;
     case SIGBUS:
-      rc = vmm_pv_siginfo(pv, &si);
-      if (rc) return rc;
       if (si.si_code == BUS_ADRALN) {
         vmm__pv_exception(exit, 17, true, 0, pv->ur.rip, 0);
         return 1;

@@ -304,17 +304,15 @@ int vmm__pv_sandbox_probe(void) {
     vmm_pv_idle_discard(&c);
     r = VMM_ENODEV;
   } else {
-    /* Dirty logging needs asynchronous userfaultfd write-protection (Linux 6.7). */
+    /* Dirty logging needs userfaultfd write-protection of shared memory (Linux 6.4). */
     int uffd = vmm_pv_recv_hello(c.sock);
     if (uffd >= 0) {
-      /* UFFD_FEATURE_WP_HUGETLBFS_SHMEM, WP_UNPOPULATED, WP_ASYNC (see pv_dirty.c). */
-      struct uffdio_api api = {.api = UFFD_API,
-                               .features = (1ull << 12) | (1ull << 13) | (1ull << 15)};
+      struct uffdio_api api = {.api = UFFD_API, .features = vmm__pv_uffd_features()};
       atomic_store(&vmm_pv_dirty_ok, ioctl(uffd, UFFDIO_API, &api) == 0);
       close(uffd);
     }
     if (!atomic_load(&vmm_pv_dirty_ok))
-      VMM_LOG_I("pv: no asynchronous userfaultfd write-protection here: no dirty logging");
+      VMM_LOG_I("pv: no userfaultfd write-protection of shared memory here: no dirty logging");
     /* A seized stub cannot be handed to another thread cheaply; this one is only a probe. */
     vmm_pv_idle_discard(&c);
     r = 0;
@@ -419,7 +417,7 @@ static int vmm_pv_begin_one(vmm_vcpu_t *vcpu) {
   pv->pinned_cpu = -1;
   pv->starting = true;
   pv->uffd = uffd;
-  pv->pagemap = -1;
+  pv->uffd_on = false;
   pthread_mutex_unlock(&pv->child_lock);
   return 0;
 }

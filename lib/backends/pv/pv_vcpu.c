@@ -31,7 +31,8 @@ int vmm__pv_vcpu_init(vmm_vcpu_t *vcpu) {
   struct vmm_pv_vcpu *pv = calloc(1, sizeof(*pv));
   if (pv == NULL) return VMM_ENOMEM;
   pv->pid = -1;
-  pv->uffd = pv->pagemap = -1;
+  pv->uffd = -1;
+  pv->uffd_on = false;
   pthread_mutex_init(&pv->child_lock, NULL);
   pthread_mutex_init(&pv->remap_lock, NULL);
   pthread_cond_init(&pv->remap_cv, NULL);
@@ -419,6 +420,7 @@ size_t vmm__pv_vcpu_stats(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap) {
       {"pv.stops", pv->stat_stops},       {"pv.syscall_stops", pv->stat_syscalls},
       {"pv.signal_stops", pv->stat_signals}, {"pv.emulated", pv->stat_emulated},
       {"pv.sandboxes_started", pv->stat_spawns}, {"pv.kicks", pv->stat_kicks},
+      {"pv.wp_faults", pv->stat_wp_faults},
       {"pv.sandbox_pid", (uint64_t)(pv->pid > 0 ? pv->pid : 0)},
       {"pv.own_page_maps", pv->stat_remaps},
   };

@@ -100,6 +100,7 @@ const struct vmm_backend_ops vmm__pv_ops = {
     .region_remove = vmm_pv_region_remove,
     .dirty_log_enable = vmm__pv_dirty_log_enable,
     .dirty_log_get = vmm__pv_dirty_log_get,
+    .dirty_log_get_keep = vmm__pv_dirty_log_get_keep,
     .own_pages = vmm__pv_own_pages,
     .vcpu_init = vmm__pv_vcpu_init,
     .vcpu_fini = vmm__pv_vcpu_fini,
