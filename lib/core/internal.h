@@ -45,6 +45,10 @@ struct vmm_region {
   uint64_t *host_dirty; /* Pages written through vmm_vm_write() while logging. */
   uint64_t *snap_pending; /* Pages the public dirty-log call took that snapshots still need. */
   bool user_log;        /* The program reads this log: every read protects all pages again. */
+  /* Pages of a plain region the program holds pointers to (vmm_vm_gpa_to_hva()), or all of it
+   * (vmm_vm_map_ram() gave its address): they stay writable if the region becomes layered. */
+  uint64_t *exposed;
+  bool exposed_all;
   uint32_t keep_reads;  /* Reads that left pages writable since one protected them all. */
   void *backend_data;
 };
@@ -132,6 +136,10 @@ struct vmm_backend_ops {
    * mapping, and drops the backend's mappings of their base pages. May be NULL when the backend
    * maps RAM only through r->hva. Called on any thread, possibly while vCPUs run. */
   int (*own_pages)(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint64_t n);
+  /* A plain region became layered in place (vmm__region_layer_in_place(), every vCPU
+   * stopped): the backend drops every mapping of r->base_fd it made writable, before any vCPU
+   * runs again. NULL where snapshots cannot layer RAM in place. */
+  int (*region_layered)(vmm_vm_t *vm, struct vmm_region *r);
   /* VMs made with VMM_VM_IRQCHIP (kvm): the in-kernel devices' state for snapshots, as JSON;
    * a check of such JSON that changes nothing; its load (after the vCPUs' states). */
   cJSON *(*platform_save)(vmm_vm_t *vm, int *rc);
@@ -256,6 +264,13 @@ void vmm__handler_set_device(vmm_handler_t *h, vmm_device_t *dev);
 /* The VMM wrote guest memory directly (not through vmm_vm_write): dirty logs and
  * translators must know. */
 void vmm__host_wrote(vmm_vm_t *vm, uint64_t gpa, uint64_t len);
+/* A first snapshot on a backend that maps RAM itself (bt, pv): the region becomes layered over
+ * its own memfd, which the snapshot takes as its full layer and nobody writes again; a new
+ * empty memfd takes the VM's writes. The pages the program holds pointers to are copied there
+ * at once. VMM_ENOSYS when that is not worth it (the program holds pointers to most of the
+ * region), and then nothing changed. The backend's region_layered() follows. */
+int vmm__region_layer_in_place(vmm_vm_t *vm, struct vmm_region *r);
+
 /* Reads and clears a region's dirty log (backend and host writes); bitmap sized for it. */
 int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap, bool keep);
 

@@ -425,7 +425,11 @@ static int vmm_snap_capture_full(struct vmm_region *live, struct vmm_snap_region
 /* A backend that works on the VMM's mapping (kvm): the VM's memfd becomes the full layer as it
  * is, without a copy, and the VM goes on in a private copy-on-write mapping of it at the same
  * address (pointers the program holds stay valid and writable; KVM follows the mapping). */
+/* The first snapshot takes the VM's memfd as its full layer instead of copying it: on kvm the
+ * VM goes on in a private copy-on-write mapping of it (KVM reads guest memory through hva); on
+ * bt and pv the region becomes layered over it (vmm__region_layer_in_place()). */
 static int vmm_snap_adopt(vmm_vm_t *vm, struct vmm_region *live, struct vmm_snap_region *r) {
+  bool cow = vm->ops->caps & VMM__CAP_RAM_COW;
   int fd = fcntl(live->memfd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return vmm__from_errno(errno);
   uint8_t *map = mmap(NULL, live->size, PROT_READ, MAP_SHARED | MAP_NORESERVE, fd, 0);
@@ -433,15 +437,24 @@ static int vmm_snap_adopt(vmm_vm_t *vm, struct vmm_region *live, struct vmm_snap
     close(fd);
     return vmm__from_errno(errno);
   }
-  if (mmap(live->hva, live->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE,
-           live->memfd, 0) == MAP_FAILED) {
+  if (cow && mmap(live->hva, live->size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, live->memfd, 0) == MAP_FAILED) {
     VMM_LOG_E("snapshot: cannot remap guest RAM copy-on-write: %s", strerror(errno));
     munmap(map, live->size);
     close(fd);
     return VMM_ENOMEM;
   }
-  if (!(vm->flags & VMM_VM_NO_HUGEPAGES)) madvise(live->hva, live->size, MADV_HUGEPAGE);
-  live->cow = true;
+  if (!cow) {
+    int rc = vmm__region_layer_in_place(vm, live);
+    if (rc) {
+      munmap(map, live->size);
+      close(fd);
+      return rc;
+    }
+  } else {
+    if (!(vm->flags & VMM_VM_NO_HUGEPAGES)) madvise(live->hva, live->size, MADV_HUGEPAGE);
+    live->cow = true;
+  }
   munmap(r->map, r->size);
   close(r->fd);
   r->fd = fd;
@@ -552,8 +565,11 @@ int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out) {
         vmm__snap_store_page(&s->regions[i], pg, cur);
       }
       free(bm);
-    } else if ((vm->ops->caps & VMM__CAP_RAM_COW) && !live->cow && !live->layered) {
+    } else if (!live->cow && !live->layered &&
+               ((vm->ops->caps & VMM__CAP_RAM_COW) || vm->ops->region_layered)) {
       rc = vmm_snap_adopt(vm, live, &s->regions[i]);
+      /* Not layered (the program holds pointers to most of it, or no memory): a copy. */
+      if (rc && !(vm->ops->caps & VMM__CAP_RAM_COW)) rc = vmm_snap_capture_full(live, &s->regions[i]);
       if (rc) goto fail;
     } else {
       rc = vmm_snap_capture_full(live, &s->regions[i]);

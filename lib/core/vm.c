@@ -98,6 +98,7 @@ static void vmm_region_free(struct vmm_region *r) {
   }
   free(r->host_dirty);
   free(r->snap_pending);
+  free(r->exposed);
   free(r);
 }
 
@@ -268,6 +269,97 @@ int vmm__region_own(vmm_vm_t *vm, struct vmm_region *r, uint64_t off, uint64_t l
   return vm->ops->own_pages ? vm->ops->own_pages(vm, r, pg, n) : vmm__region_own_now(r, &pg, &n);
 }
 
+/* Maps [first, first + n) of r's hva from fd (the own file, read-write) or from the base
+ * (read-only), at the same addresses. */
+static int vmm_region_map_run(struct vmm_region *r, uint64_t first, uint64_t n, bool own) {
+  uint64_t off = first * VMM_PAGE_SIZE, len = n * VMM_PAGE_SIZE;
+  void *p = mmap(r->hva + off, len, own ? PROT_READ | PROT_WRITE : PROT_READ,
+                 MAP_SHARED | MAP_FIXED | MAP_NORESERVE, own ? r->memfd : r->base_fd, (off_t)off);
+  return p == MAP_FAILED ? VMM_ENOMEM : 0;
+}
+
+int vmm__region_layer_in_place(vmm_vm_t *vm, struct vmm_region *r) {
+  if (r->layered || r->cow || r->exposed_all || vm->ops->region_layered == NULL) return VMM_ENOSYS;
+  uint64_t npages = r->size / VMM_PAGE_SIZE, words = (npages + 63) / 64;
+  const uint64_t *ex = r->exposed;
+  uint64_t runs = 0, pages = 0;
+  for (uint64_t pg = 0; ex && pg < npages; pg++) {
+    if (!((ex[pg / 64] >> (pg % 64)) & 1)) continue;
+    pages++;
+    if (pg == 0 || !((ex[(pg - 1) / 64] >> ((pg - 1) % 64)) & 1)) runs++;
+  }
+  /* Mostly pointers: a copy of the whole region is as cheap and keeps hva one mapping. */
+  if (pages > npages / 2 || runs > VMM_OWN_MAX_MAPS / 2) return VMM_ENOSYS;
+  int fd = memfd_create("libvmm-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return vmm__from_errno(errno);
+  uint64_t *owned = calloc(words ? words : 1, sizeof(uint64_t));
+  int rc = owned == NULL ? VMM_ENOMEM : 0;
+  if (rc == 0 && ftruncate(fd, (off_t)r->size) != 0) rc = vmm__from_errno(errno);
+  if (rc == 0) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+  /* The program's pages go into the new file first, while hva still shows the old one. */
+  for (uint64_t pg = 0; rc == 0 && ex && pg < npages; pg++) {
+    if (!((ex[pg / 64] >> (pg % 64)) & 1)) continue;
+    if (vmm__pwrite_all(fd, r->hva + pg * VMM_PAGE_SIZE, VMM_PAGE_SIZE, pg * VMM_PAGE_SIZE) != 0)
+      rc = vmm__from_errno(errno);
+    owned[pg / 64] |= 1ull << (pg % 64);
+  }
+  if (rc) {
+    free(owned);
+    close(fd);
+    return rc;
+  }
+  r->base_fd = r->memfd;
+  r->memfd = fd;
+  /* hva, run by run: the program's pages from the new file, the rest read-only from the base
+   * (which holds the same bytes). */
+  for (uint64_t pg = 0; rc == 0 && pg < npages;) {
+    bool own = (owned[pg / 64] >> (pg % 64)) & 1;
+    uint64_t n = 1;
+    while (pg + n < npages && ((owned[(pg + n) / 64] >> ((pg + n) % 64)) & 1) == own) n++;
+    rc = vmm_region_map_run(r, pg, n, own);
+    pg += n;
+  }
+  if (rc) {
+    /* Back to the old file whole (one mapping replacing the pieces), as if nothing happened. */
+    int back = mmap(r->hva, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE,
+                    r->base_fd, 0) == MAP_FAILED;
+    r->memfd = r->base_fd;
+    r->base_fd = -1;
+    free(owned);
+    close(fd);
+    if (back) VMM_LOG_E("snapshot: guest RAM at %#llx could not be mapped back: %s",
+                        (unsigned long long)r->gpa, strerror(errno));
+    return rc;
+  }
+  r->owned = owned;
+  r->own_maps = runs;
+  pthread_mutex_init(&r->own_lock, NULL);
+  r->layered = true;
+  rc = vm->ops->region_layered(vm, r);
+  if (rc) {
+    /* The backend dropped its mappings and refused: back to one plain file (nothing was
+     * written to either since; the program's pages hold the same bytes in both). */
+    if (mmap(r->hva, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE,
+             r->base_fd, 0) == MAP_FAILED) {
+      VMM_LOG_E("snapshot: guest RAM at %#llx could not be mapped back: %s",
+                (unsigned long long)r->gpa, strerror(errno));
+      return rc; /* Still layered, and consistent as such. */
+    }
+    r->layered = false;
+    close(r->memfd);
+    r->memfd = r->base_fd;
+    r->base_fd = -1;
+    free(r->owned);
+    r->owned = NULL;
+    r->own_maps = 0;
+    pthread_mutex_destroy(&r->own_lock);
+    return rc;
+  }
+  free(r->exposed);
+  r->exposed = NULL;
+  return 0;
+}
+
 void *vmm__gpa_wptr(vmm_vm_t *vm, uint64_t gpa, uint64_t len) {
   struct vmm_region *r = vmm__region_find(vm, gpa, len);
   if (r == NULL || vmm__region_own(vm, r, gpa - r->gpa, len) != 0) return NULL;
@@ -324,6 +416,7 @@ static int vmm_vm_map_region(vmm_vm_t *vm, uint64_t gpa, uint64_t size, uint32_t
   vm->nregions++;
   vm->dirty_all = false;
   if (hva) *hva = r->hva;
+  r->exposed_all = hva != NULL;
   pthread_mutex_unlock(&vm->lock);
   return 0;
 
@@ -438,6 +531,17 @@ int vmm_vm_gpa_to_hva(vmm_vm_t *vm, uint64_t gpa, size_t len, void **hva) {
   if (r == NULL) return VMM_EFAULT;
   int rc = vmm__region_own(vm, r, gpa - r->gpa, len ? len : 1);
   if (rc) return rc;
+  if (!r->layered && !r->cow && !r->exposed_all) {
+    /* Remembered, so that these pages stay writable if a snapshot layers the region. */
+    uint64_t words = (r->size / VMM_PAGE_SIZE + 63) / 64;
+    pthread_mutex_lock(&vm->lock);
+    if (r->exposed == NULL) r->exposed = calloc(words, sizeof(uint64_t));
+    if (r->exposed == NULL) r->exposed_all = true;
+    uint64_t off = gpa - r->gpa, last = (off + (len ? len : 1) - 1) / VMM_PAGE_SIZE;
+    for (uint64_t pg = off / VMM_PAGE_SIZE; r->exposed && pg <= last; pg++)
+      r->exposed[pg / 64] |= 1ull << (pg % 64);
+    pthread_mutex_unlock(&vm->lock);
+  }
   *hva = r->hva + (gpa - r->gpa);
   return 0;
 }
@@ -484,10 +588,13 @@ out:
 
 /* Roll backs may leave the pages they copy writable (dirty_log_get_keep), so that a guest that
  * writes the same pages each round takes no write faults. Those pages are copied again by
- * every roll back until a read protects them, so one read in VMM_KEEP_READS does, and so does
- * the read after one that returned more than VMM_KEEP_PAGES pages (a guest that once wrote
- * much and then little pays for the excess a bounded number of times). */
-#define VMM_KEEP_READS 16
+ * every roll back until a read protects them. A kept page the guest no longer writes costs a
+ * 4 KiB copy per roll back (~0.1 us); protecting it again costs a write fault later if it is
+ * written after all (3-50 us on the machines measured, docs/lifecycle.md). So one read in
+ * VMM_KEEP_READS protects everything (whatever the number of kept pages, that bounds the waste
+ * near the cost of re-learning which pages are written), and so does the read after one that
+ * returned more than VMM_KEEP_PAGES pages (a guest that once wrote much and then little). */
+#define VMM_KEEP_READS 64
 #define VMM_KEEP_PAGES 8192
 
 int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap, bool keep) {

@@ -253,8 +253,15 @@ static void test_clones(vmm_backend_t b, int nclones) {
   for (size_t k = 0; ballast && k < BALLAST_SIZE; k++) ballast[k] = (uint8_t)(k * 7 + 1);
   if (ballast == NULL || vmm_vm_write(vm, BALLAST_GPA, ballast, BALLAST_SIZE) != 0) st = -1;
   vmm_snapshot_t *s = NULL;
+  long pre = mem_kib();
   int rc = st == 2000 ? vmm_vm_snapshot(vm, &s) : -1;
+  long taken = mem_kib() - pre;
   CHECK(rc == 0, "%s: snapshot for clones", bn);
+  /* The first snapshot takes the VM's RAM as its layer: it copies none of the 16 MiB. */
+  CHECK(rc || taken < 4096, "%s: the first snapshot of a VM holding 16 MiB of data took %ld KiB",
+        bn, taken);
+  if (rc == 0 && taken < 4096)
+    printf("PASS %s: the first snapshot of a VM holding 16 MiB of data took %ld KiB\n", bn, taken);
   if (rc) {
     free(ballast);
     vmm_vm_destroy(vm);
@@ -308,6 +315,17 @@ static void test_clones(vmm_backend_t b, int nclones) {
                 memcmp(got, ballast + 4096, sizeof(got)) == 0;
     CHECK(own && sib && orig, "%s: a clone's write: seen by itself %d, sibling unchanged %d, "
           "original unchanged %d", bn, own, sib, orig);
+    /* The original goes on: the host writes a page, the guest runs to its end writing its
+     * own. The snapshot, which holds the original's RAM of that moment, sees none of it. */
+    uint8_t snap[64];
+    rc = vmm_vm_write(vm, BALLAST_GPA + 8192, mark, sizeof(mark));
+    int64_t ost = rc == 0 ? run(vmm_vm_vcpu(vm, 0), NULL) : -1;
+    bool kept = vmm_snapshot_read(s, BALLAST_GPA + 8192, snap, sizeof(snap)) == 0 &&
+                memcmp(snap, ballast + 8192, sizeof(snap)) == 0 &&
+                vmm_vm_read(vm, BALLAST_GPA + 8192, got, sizeof(got)) == 0 &&
+                memcmp(got, mark, sizeof(mark)) == 0;
+    CHECK(ost == ws && kept, "%s: the original after the snapshot: status %lld (want %d), "
+          "its write in itself and not in the snapshot %d", bn, (long long)ost, ws, kept);
     struct clone_job late = {0};
     rc = vmm_snapshot_clone(s, NULL, &late.vm);
     if (rc == 0) {

@@ -365,6 +365,15 @@ static int bt_own_pages(vmm_vm_t *vm, struct vmm_region *r, uint64_t first, uint
   return j.rc;
 }
 
+static void bt_nothing(struct vmm_region *r, void *arg) { (void)r, (void)arg; }
+
+/* A region became layered (a first snapshot took its memfd): windows may map its pages
+ * writable from what is now the base; they start empty. */
+static int bt_region_layered(vmm_vm_t *vm, struct vmm_region *r) {
+  bt_with_vcpus_stopped(vm, bt_nothing, r, NULL, BT_STOP_FLUSH);
+  return 0;
+}
+
 static int bt_region_add(vmm_vm_t *vm, struct vmm_region *r) {
   /* The backend maps the memfd itself; a private copy-on-write region (kvm's kind of clone
    * RAM) would not be what the VMM sees through r->hva. Layered regions are taken. */
@@ -445,6 +454,7 @@ const struct vmm_backend_ops vmm__bt_ops = {
     .region_add = bt_region_add,
     .memory_written = bt_memory_written,
     .own_pages = bt_own_pages,
+    .region_layered = bt_region_layered,
     .region_remove = bt_region_remove,
     .dirty_log_enable = bt_dirty_log_enable,
     .dirty_log_get = bt_dirty_log_get,

@@ -57,6 +57,18 @@ static int vmm_pv_region_add(vmm_vm_t *vm, struct vmm_region *r) {
   return 0;
 }
 
+/* A region became layered (a first snapshot took its memfd): the sandboxes map it writable, so
+ * they go; the next run starts one that maps the base and the own file. */
+static int vmm_pv_region_layered(vmm_vm_t *vm, struct vmm_region *r) {
+  vmm_pv_drop_sandboxes(vm);
+  size_t maps = 0;
+  for (size_t i = 0; i < vm->nregions; i++) maps += vm->regions[i]->layered ? 2 : 1;
+  if (maps > VMM_PV_MAX_MAPS) return VMM_ELIMIT;
+  (void)r;
+  vmm_pv_vm(vm)->layered = true;
+  return 0;
+}
+
 static void vmm_pv_region_remove(vmm_vm_t *vm, struct vmm_region *r) {
   vmm_pv_drop_sandboxes(vm);
   vmm__pv_region_free(r);
@@ -102,6 +114,7 @@ const struct vmm_backend_ops vmm__pv_ops = {
     .dirty_log_get = vmm__pv_dirty_log_get,
     .dirty_log_get_keep = vmm__pv_dirty_log_get_keep,
     .own_pages = vmm__pv_own_pages,
+    .region_layered = vmm_pv_region_layered,
     .vcpu_init = vmm__pv_vcpu_init,
     .vcpu_fini = vmm__pv_vcpu_fini,
     .vcpu_run = vmm__pv_vcpu_run,
