@@ -37,6 +37,11 @@ typedef struct vmm_snapshot vmm_snapshot_t;
  *         After a failure the next snapshot or roll back copies all of RAM.
  * @note The first snapshot of a VM turns on dirty-page logging for all its RAM, so that later
  *       snapshots and roll backs only touch the pages that changed.
+ * @note The first snapshot copies no RAM: it takes the VM's memory as it is, and the VM's
+ *       later writes go to pages of its own (copy-on-write). Pointers from
+ *       vmm_vm_gpa_to_hva() stay valid and writable (the pages under them are copied at
+ *       once); RAM whose address vmm_vm_map_ram() gave out is copied whole on bt and pv.
+ *       The program must not write guest RAM while the snapshot is taken.
  */
 VMM_API int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out);
 
@@ -51,6 +56,10 @@ VMM_API int vmm_vm_snapshot(vmm_vm_t *vm, vmm_snapshot_t **out);
  *         hypercall page lies outside RAM; VMM_EBUSY when a vCPU is running; VMM_ENOMEM;
  *         VMM_EIO; VMM_EBACKEND. After a failure the VM's state is undefined (restore again).
  * @note The snapshot may come from another backend: the VM continues on its own backend.
+ * @note On bt and pv the pages a roll back copies stay writable, so that a guest writing the
+ *       same pages after each roll back takes no write faults; later roll backs copy them
+ *       again until one in 64 (or one after a roll back of more than 32 MiB) protects them.
+ *       Once the program reads a region's dirty log itself, roll backs keep nothing writable.
  */
 VMM_API int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *snap);
 

@@ -170,6 +170,8 @@ VMM_API int vmm_vm_dirty_log_enable(vmm_vm_t *vm, uint64_t gpa, int enable);
  *                          whole 64-bit words).
  * @return 0; VMM_ENOENT if no region starts there; VMM_ESTATE if logging is off; VMM_ERANGE
  *         if the bitmap is too small.
+ * @note The first call may also name pages that roll backs left writable (see
+ *       vmm_vm_restore()); from then on the region's log is exact.
  */
 VMM_API int vmm_vm_dirty_log_get(vmm_vm_t *vm, uint64_t gpa, uint64_t *bitmap,
                                  size_t bitmap_bytes);

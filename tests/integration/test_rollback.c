@@ -166,7 +166,7 @@ static void check_backend(vmm_backend_t b, const char *guest_dir) {
   CHECK(round_of(v, &c, 400, 16, 99) == 0, "round before the snapshot");
   rc = vmm_vm_snapshot(vm, &s1);
   CHECK(rc == 0, "second snapshot: %s", vmm_strerror(rc));
-  vmm_snapshot_info_t info;
+  vmm_snapshot_info_t info = VMM_SNAPSHOT_INFO_INIT;
   CHECK(vmm_snapshot_info(s1, &info) == 0, "snapshot info");
   CHECK(info.own_pages >= 16 && info.own_pages <= 16 + 8,
         "the diff snapshot stores %" PRIu64 " pages; 16 were written (plus a few of the stack)",

@@ -27,17 +27,27 @@ static void bt_probe_cpu(void) {
   bt_host_cpu_ok = __get_cpuid(1, &a, &b, &c, &d) && (d & (1u << 24)) && (d & (1u << 26));
 }
 
-static int bt_probe(void) {
-  /* Each vCPU needs a little more than 4 GiB of address space. */
+static atomic_bool bt_space_ok;
+
+/* Each vCPU needs a little more than 4 GiB of address space: can this process have that? */
+static void bt_probe_space(void) {
   size_t len = BT_WINDOW_SIZE * 2;
   void *p = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) {
+  if (p != MAP_FAILED) munmap(p, len);
+  atomic_store(&bt_space_ok, p != MAP_FAILED);
+}
+
+static int bt_probe(void) {
+  /* Once per process, as every VM creation probes: the address space check costs two system
+   * calls (a clone's creation makes about twenty in all), CPUID a trip to the host under
+   * nested virtualization. A process that later runs out of address space gets VMM_ENOMEM
+   * from vmm_vcpu_create(). */
+  static pthread_once_t space_once = PTHREAD_ONCE_INIT, once = PTHREAD_ONCE_INIT;
+  pthread_once(&space_once, bt_probe_space);
+  if (!atomic_load(&bt_space_ok)) {
     VMM_LOG_I("bt: cannot reserve address space for a guest window");
     return VMM_ENODEV;
   }
-  munmap(p, len);
-  /* CPUID once per process: under nested virtualization each one is a trip to the host. */
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, bt_probe_cpu);
   if (!bt_host_cpu_ok) {
     VMM_LOG_I("bt: the host lacks FXSR or SSE2");
