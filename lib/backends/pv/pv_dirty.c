@@ -94,8 +94,8 @@ static int vmm_pv_protect(struct vmm_pv_vcpu *pv, const struct vmm_region *r,
   return 0;
 }
 
-/* Makes a sandbox's userfaultfd usable and opens its pagemap: on first use only, which keeps
- * both off the path of VMs that never log. Called with child_lock held. */
+/* Makes a sandbox's userfaultfd usable: on first use only, which keeps it off the path of VMs
+ * that never log. Called with child_lock held. */
 static int vmm_pv_activate(struct vmm_pv_vcpu *pv) {
   if (pv->uffd_on || pv->uffd < 0) return 0;
   struct uffdio_api api = {.api = UFFD_API, .features = VMM_UFFD_WANT};
