@@ -25,6 +25,8 @@
 
 extern const uint8_t prog_spin_start[], prog_spin_end[], prog_spin_mem_start[], prog_spin_mem_end[];
 extern const uint8_t prog_spin_indirect_start[], prog_spin_indirect_end[];
+extern const uint8_t prog_spin_stack_start[], prog_spin_stack_end[];
+extern const uint8_t prog_stack_fault_start[], prog_stack_fault_end[];
 extern const uint8_t prog_rollback_start[], prog_rollback_end[];
 extern const uint8_t prog_emptyslot_start[], prog_emptyslot_end[];
 extern const uint8_t prog_fxrstor_start[], prog_fxrstor_end[];
@@ -450,6 +452,28 @@ static void test_kick_stops_tight_loop(void **s) {
   /* Many short runs, so that kicks land all over the lookup, the indirect entry and the
    * return cache. */
   kick_program_n(prog_spin_indirect_start, prog_spin_indirect_end, 200, 1, true);
+  /* Kicks inside runs of pushes and pops with RSP's update pending: the program checks RSP
+   * and the registers itself at the top of each round and ends in ud2 if one was wrong. */
+  kick_program_n(prog_spin_stack_start, prog_spin_stack_end, 300, 1, false);
+}
+
+/* A fault (here an MMIO read) while pushes still have their RSP update pending: the guest
+ * state it is emulated from has RSP below both pushes. */
+static void test_fault_with_pending_pushes(void **s) {
+  (void)s;
+  struct run r;
+  run_flat(&r, prog_stack_fault_start, prog_stack_fault_end);
+  vmm_exit_t ex;
+  run_until(&r, &ex, NULL);
+  assert_int_equal(ex.reason, VMM_EXIT_IO);
+  vmm_regs_t regs;
+  assert_int_equal(vmm_vcpu_get_regs(r.vcpu, &regs), 0);
+  assert_int_equal(regs.r10, UINT64_MAX); /* run_until answers MMIO reads with all-ones */
+  assert_int_equal(regs.rsi, 0x22);
+  assert_int_equal(regs.rdi, 0x11);
+  assert_int_equal(regs.r9, regs.rbp);
+  assert_int_equal(regs.rsp, regs.rbp);
+  vmm_vm_destroy(r.vm);
 }
 
 /* ---- self-modifying code ---- */
@@ -817,6 +841,7 @@ int main(void) {
       cmocka_unit_test(test_guest_kernels_match_native_checksums),
       cmocka_unit_test(test_sandbox_guest_never_touches_host_memory),
       cmocka_unit_test(test_kick_stops_tight_loop),
+      cmocka_unit_test(test_fault_with_pending_pushes),
       cmocka_unit_test(test_smc_runs_new_code),
       cmocka_unit_test(test_rollback_runs_restored_code),
       cmocka_unit_test(test_dropped_lookup_entry_never_matches),

@@ -53,11 +53,13 @@ struct bt_ctrl {
 /* ---- blocks and the code cache ---- */
 
 /* Host-PC to guest-state map entry: at block offset host_off, the guest is at the instruction
- * rip_off bytes into the block, with the registers in `fixup` to be repaired. */
+ * rip_off bytes into the block, with the registers in `fixup` to be repaired and its RSP
+ * rsp_adj bytes from the host's (pushes and pops whose RSP update is still pending). */
 struct bt_map {
   uint32_t host_off;
   uint32_t rip_off;
   uint32_t fixup;
+  int32_t rsp_adj;
 };
 /* fixup bits 0-15: guest register i lives in spill slot i; these: */
 #define BT_FIX_RSI_HOST (1u << 16) /* rsi holds a host pointer (window + esi). */

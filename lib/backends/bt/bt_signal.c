@@ -82,6 +82,7 @@ static void bt_redirect(struct bt_vcpu *v, ucontext_t *uc, const struct bt_block
       if (m->fixup & (1u << i)) c->gpr[i] = c->spill[i];
     if (m->fixup & BT_FIX_RSI_HOST) c->gpr[6] = (uint32_t)c->gpr[6];
     if (m->fixup & BT_FIX_RDI_HOST) c->gpr[7] = (uint32_t)c->gpr[7];
+    c->gpr[4] += (uint64_t)(int64_t)m->rsp_adj;
     c->rip = b->rip + m->rip_off;
   }
   c->rflags = (uint64_t)g[REG_EFL] & BT_RFLAGS_HOST;

@@ -96,6 +96,49 @@ static bool is_x87_or_mmx(const ZydisDecodedInstruction *z, const ZydisDecodedOp
   return has_reg_class(z, ops, ZYDIS_REGCLASS_X87) || has_reg_class(z, ops, ZYDIS_REGCLASS_MMX);
 }
 
+/* Whether a pending RSP offset may stay pending across this instruction: 64-bit pushes and
+ * pops of registers other than RSP (which use it), and plain computation that names no stack
+ * pointer, no register but general ones and flags, and no privilege; near RET and direct
+ * CALL apply it in their own RSP update. Everything else (RSP read or written, other
+ * branches, helpers, string and system instructions) gets RSP applied first. */
+static bool tx_keeps_rsp_delta(const ZydisDecodedInstruction *z, const ZydisDecodedOperand *ops) {
+  if (z->attributes & (ZYDIS_ATTRIB_IS_PRIVILEGED | ZYDIS_ATTRIB_HAS_VEX | ZYDIS_ATTRIB_HAS_EVEX |
+                       ZYDIS_ATTRIB_HAS_MVEX | ZYDIS_ATTRIB_HAS_XOP))
+    return false;
+  if (z->meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return false;
+  if (z->mnemonic == ZYDIS_MNEMONIC_RET) return z->operand_width == 64;
+  if (z->mnemonic == ZYDIS_MNEMONIC_CALL)
+    return ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE && ops[0].imm.is_relative;
+  if (z->mnemonic == ZYDIS_MNEMONIC_PUSH || z->mnemonic == ZYDIS_MNEMONIC_POP) {
+    int r = ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER ? vmm__tx_gpr_num(ops[0].reg.value) : -1;
+    return z->operand_width == 64 && r >= 0 && r != BT_RSP;
+  }
+  switch (z->meta.category) {
+    case ZYDIS_CATEGORY_BINARY: case ZYDIS_CATEGORY_LOGICAL: case ZYDIS_CATEGORY_SHIFT:
+    case ZYDIS_CATEGORY_ROTATE: case ZYDIS_CATEGORY_CMOV: case ZYDIS_CATEGORY_SETCC:
+    case ZYDIS_CATEGORY_DATAXFER: case ZYDIS_CATEGORY_CONVERT:
+      break;
+    default:
+      return false;
+  }
+  for (unsigned i = 0; i < z->operand_count; i++) {
+    const ZydisDecodedOperand *o = &ops[i];
+    if (o->type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      ZydisRegister r = o->reg.value;
+      if (r == ZYDIS_REGISTER_FLAGS || r == ZYDIS_REGISTER_EFLAGS || r == ZYDIS_REGISTER_RFLAGS)
+        continue;
+      int n = vmm__tx_gpr_num(r);
+      if (n < 0 || n == BT_RSP) return false;
+    } else if (o->type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      if (vmm__tx_gpr_num(o->mem.base) == BT_RSP || vmm__tx_gpr_num(o->mem.index) == BT_RSP ||
+          o->mem.base == ZYDIS_REGISTER_RIP || o->mem.segment == ZYDIS_REGISTER_FS ||
+          o->mem.segment == ZYDIS_REGISTER_GS)
+        return false;
+    }
+  }
+  return true;
+}
+
 /* Translates one decoded instruction. Returns false when the translator cannot express it
  * (the caller emits an UNSUPPORTED helper instead). */
 static bool tx_insn(struct bt_tx *t) {
@@ -464,17 +507,20 @@ int32_t vmm__bt_translate(struct bt_vcpu *v, uint64_t rip, uint64_t *fault_la, u
     t.z = ZYAN_SUCCESS(st) ? &z : NULL;
     t.ops = ops;
     t.bytes = bytes;
+    if (t.z == NULL || !tx_keeps_rsp_delta(&z, ops)) vmm__tx_sync_rsp(&t);
     vmm__tx_map(&t, 0);
     if (!ZYAN_SUCCESS(st)) {
       vmm__tx_helper_end(&t, BT_H_UD);
     } else {
       uint32_t len0 = t.b.len, nmaps0 = v->nmaps, nexits0 = t.nexits;
+      int32_t delta0 = t.rsp_delta;
       bool ended0 = t.ended;
       if (!tx_insn(&t)) {
         t.b.len = len0;
         v->nmaps = nmaps0;
         t.nexits = nexits0;
         t.ended = ended0;
+        t.rsp_delta = delta0;
         vmm__tx_helper_end(&t, BT_H_UNSUPPORTED);
       }
     }

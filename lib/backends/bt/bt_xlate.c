@@ -22,7 +22,15 @@ void vmm__tx_map(struct bt_tx *t, uint32_t fixup) {
     v->maps_cap = cap;
   }
   v->maps[v->nmaps++] = (struct bt_map){
-      .host_off = t->b.len, .rip_off = (uint32_t)(t->rip - t->start), .fixup = fixup};
+      .host_off = t->b.len, .rip_off = (uint32_t)(t->rip - t->start), .fixup = fixup,
+      .rsp_adj = t->rsp_delta};
+}
+
+void vmm__tx_sync_rsp(struct bt_tx *t) {
+  if (t->rsp_delta == 0) return;
+  bt_e_lea_rsp(&t->b, t->rsp_delta);
+  t->rsp_delta = 0;
+  vmm__tx_map(t, 0);
 }
 
 
@@ -38,11 +46,13 @@ static void tx_exit_branch(struct bt_tx *t, uint32_t at, uint64_t target) {
 
 /* jmp to the stub for target (linked later). */
 void vmm__tx_jmp_to(struct bt_tx *t, uint64_t target) {
+  vmm__tx_sync_rsp(t); /* a no-op but where a block ends after pushes or pops */
   uint32_t at = bt_e_jmp_rel32(&t->b, 0);
   tx_exit_branch(t, at, target);
 }
 
 void vmm__tx_helper(struct bt_tx *t, enum bt_helper_kind kind) {
+  vmm__tx_sync_rsp(t); /* helpers read RSP from the host's */
   struct bt_desc d = {.rip = t->rip, .kind = kind, .len = t->z ? t->z->length : 0};
   if (t->z) memcpy(d.bytes, t->bytes, t->z->length);
   uint32_t idx = vmm__bt_desc_add(t->v, &d);
@@ -358,24 +368,33 @@ bool vmm__tx_copy_mem_scratch(struct bt_tx *t, const ZydisDecodedOperand *mo) {
 
 /* ---- stack ---- */
 
-/* push of a register (size 2 or 8). */
+/* A pending RSP offset stays within this (the stores' displacements stay small). */
+#define BT_RSP_DELTA_MAX 512
+
+/* push of a register (size 2 or 8). A 64-bit push of a register other than RSP stores at the
+ * pending offset and leaves the RSP update pending too (the translate loop decides). */
 static void tx_push_reg(struct bt_tx *t, unsigned reg, unsigned size) {
-  bt_e_mov_sized(&t->b, reg, tx_stack(t, -(int32_t)size), size, true);
-  bt_e_lea_rsp(&t->b, -(int32_t)size);
+  if (t->rsp_delta < -BT_RSP_DELTA_MAX) vmm__tx_sync_rsp(t);
+  bt_e_mov_sized(&t->b, reg, tx_stack(t, t->rsp_delta - (int32_t)size), size, true);
+  if (size == 8 && reg != BT_RSP) t->rsp_delta -= 8;
+  else bt_e_lea_rsp(&t->b, -(int32_t)size);
 }
 
-/* Stores a 64-bit constant at %gs:-8(%esp) and moves RSP; used by CALL. */
+/* Stores a 64-bit constant below the guest's RSP and moves RSP there, applying a pending
+ * offset in the same lea; used by CALL. */
 static void tx_push_const(struct bt_tx *t, uint64_t val) {
+  int32_t d = t->rsp_delta;
   if ((int64_t)val >= INT32_MIN && (int64_t)val <= INT32_MAX) {
-    bt_e_store_imm(&t->b, tx_stack(t, -8), (uint32_t)val, 8);
+    bt_e_store_imm(&t->b, tx_stack(t, d - 8), (uint32_t)val, 8);
   } else {
     bt_e_store(&t->b, BT_RAX, bt_ea_ctrl(spill(BT_RAX)));
     bt_e_mov_imm64(&t->b, BT_RAX, val);
     vmm__tx_map(t, 1u << BT_RAX);
-    bt_e_store(&t->b, BT_RAX, tx_stack(t, -8));
+    bt_e_store(&t->b, BT_RAX, tx_stack(t, d - 8));
     bt_e_load(&t->b, BT_RAX, bt_ea_ctrl(spill(BT_RAX)));
   }
-  bt_e_lea_rsp(&t->b, -8);
+  bt_e_lea_rsp(&t->b, d - 8);
+  t->rsp_delta = 0;
 }
 
 bool vmm__tx_push(struct bt_tx *t) {
@@ -424,8 +443,10 @@ bool vmm__tx_pop(struct bt_tx *t) {
       vmm__tx_helper(t, BT_H_SEG);
       return true;
     }
-    bt_e_mov_sized(&t->b, (unsigned)r, tx_stack(t, 0), size, false);
-    if (r != BT_RSP) bt_e_lea_rsp(&t->b, (int32_t)size);
+    if (t->rsp_delta > BT_RSP_DELTA_MAX) vmm__tx_sync_rsp(t);
+    bt_e_mov_sized(&t->b, (unsigned)r, tx_stack(t, t->rsp_delta), size, false);
+    if (size == 8 && r != BT_RSP) t->rsp_delta += 8;
+    else if (r != BT_RSP) bt_e_lea_rsp(&t->b, (int32_t)size);
     return true;
   }
   if (o->type == ZYDIS_OPERAND_TYPE_MEMORY) {
@@ -540,8 +561,10 @@ bool vmm__tx_branch(struct bt_tx *t) {
       bt_e_store(&t->b, BT_RCX, bt_ea_ctrl(spill(BT_RCX)));
       bt_e_store(&t->b, BT_RDX, bt_ea_ctrl(spill(BT_RDX)));
       vmm__tx_map(t, (1u << BT_RCX) | (1u << BT_RDX));
-      bt_e_load(&t->b, BT_RDX, tx_stack(t, 0));
-      bt_e_lea_rsp(&t->b, pop);
+      /* A pending offset of the pops before goes into the same lea. */
+      bt_e_load(&t->b, BT_RDX, tx_stack(t, t->rsp_delta));
+      bt_e_lea_rsp(&t->b, pop + t->rsp_delta);
+      t->rsp_delta = 0;
       if (t->v->use_rsb && !(t->mode & 4)) {
         /* Through the return cache: a host RET to the continuation of the matching CALL. */
         bt_e_store(&t->b, BT_RSP, bt_ea_ctrl(BT_C_SAVE_RSP));

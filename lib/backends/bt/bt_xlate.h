@@ -21,6 +21,9 @@ struct bt_tx {
   unsigned nexits;
   bool ended;
   bool failed;
+  /* Guest RSP minus host RSP: runs of register pushes and pops address the stack at this
+   * offset and move RSP once, when an instruction that needs it comes (vmm__tx_sync_rsp). */
+  int32_t rsp_delta;
   uint16_t ninsn;
   uint64_t pa[2];
   unsigned npages;
@@ -38,6 +41,8 @@ static inline struct bt_ea tx_stack(const struct bt_tx *t, int32_t disp) {
 }
 
 void vmm__tx_map(struct bt_tx *t, uint32_t fixup);
+/* Applies a pending RSP offset (lea, which keeps the flags) and maps what follows. */
+void vmm__tx_sync_rsp(struct bt_tx *t);
 void vmm__tx_jmp_to(struct bt_tx *t, uint64_t target);
 void vmm__tx_helper(struct bt_tx *t, enum bt_helper_kind kind);
 void vmm__tx_helper_end(struct bt_tx *t, enum bt_helper_kind kind);

@@ -31,6 +31,59 @@ PROG(spin_indirect)
 2:	jmp	*%rax
 END(spin_indirect)
 
+/* Pushes and pops whose RSP update the translation leaves pending, around calls and returns,
+ * checking at the top of every round that RSP and the pushed registers are what they were:
+ * a kick that restored RSP or a register wrongly sends it to ud2 (an exception exit). */
+PROG(spin_stack)
+	mov	%rsp, %rbp
+	mov	$0x1111, %ebx
+	mov	$0x2222, %ecx
+	mov	$0x3333, %edx
+1:	cmp	%rsp, %rbp
+	jne	9f
+	cmp	$0x1111, %rbx
+	jne	9f
+	cmp	$0x2222, %rcx
+	jne	9f
+	cmp	$0x3333, %rdx
+	jne	9f
+	push	%rbx
+	push	%rcx
+	add	$1, %r8
+	push	%rdx
+	xor	%ebx, %ebx
+	xor	%ecx, %ecx
+	call	2f
+	pop	%rdx
+	pop	%rcx
+	add	$1, %r9
+	pop	%rbx
+	jmp	1b
+2:	push	%r12
+	push	%r13
+	mov	$7, %r12d
+	pop	%r13
+	pop	%r12
+	ret
+9:	ud2
+END(spin_stack)
+
+/* Two pushes whose RSP update is pending when an MMIO read faults: the read is emulated from
+ * the guest's state, which must have RSP below both pushes; the pops then read them back. */
+PROG(stack_fault)
+	mov	$0x11, %eax
+	mov	$0x22, %ebx
+	mov	$0xd0000000, %ecx
+	mov	%rsp, %rbp
+	push	%rax
+	push	%rbx
+	mov	(%rcx), %r10
+	pop	%rsi
+	pop	%rdi
+	mov	%rsp, %r9
+	DONE
+END(stack_fault)
+
 /* Patches the immediate of an instruction ahead of it in the same block, then a loop body it
  * already ran: the new code must run both times. */
 PROG(smc)
