@@ -8,6 +8,8 @@
 
 #include <libvmm/vmm.h>
 
+#include "itest.h"
+
 #define RAM (64ull << 20)
 #define NPAGES (RAM / 4096)
 #define HC_ROUND (VMM_HC_USER_BASE + 7)
@@ -95,20 +97,9 @@ out:
 
 int main(int argc, char **argv) {
   const char *dir = ".";
-  vmm_backend_t want[3] = {VMM_BACKEND_KVM, VMM_BACKEND_BT, VMM_BACKEND_PV};
-  int nwant = 3, custom = 0;
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--guest-dir") == 0 && i + 1 < argc) {
-      dir = argv[++i];
-    } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
-      if (!custom) nwant = 0, custom = 1;
-      if (nwant == 3 || vmm_backend_parse(argv[++i], &want[nwant]) != 0) return 2;
-      nwant++;
-    } else {
-      fprintf(stderr, "usage: %s --guest-dir DIR [--backend NAME]...\n", argv[0]);
-      return 2;
-    }
-  }
+  vmm_backend_t want[3];
+  int nwant;
+  if (itest_args(argc, argv, &dir, want, &nwant, NULL)) return 2;
   int ran = 0, failed = 0;
   for (int i = 0; i < nwant; i++) {
     int rc = vmm_backend_probe(want[i]);

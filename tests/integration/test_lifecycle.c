@@ -18,6 +18,8 @@
 #include <libvmm/snapshot.h>
 #include <libvmm/vmm.h>
 
+#include "itest.h"
+
 #define HC_CHECKPOINT (VMM_HC_USER_BASE + 0)
 #define HC_BRANCH (VMM_HC_USER_BASE + 1)
 #define STEPS 5000
@@ -399,22 +401,9 @@ static void test_file_and_cross_backend(vmm_backend_t from, const vmm_backend_t 
 
 int main(int argc, char **argv) {
   int nclones = 100;
-  vmm_backend_t want[3] = {VMM_BACKEND_KVM, VMM_BACKEND_BT, VMM_BACKEND_PV};
-  int nwant = 3, custom = 0;
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--guest-dir") == 0 && i + 1 < argc) {
-      guest_dir = argv[++i];
-    } else if (strcmp(argv[i], "--clones") == 0 && i + 1 < argc) {
-      nclones = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
-      if (!custom) nwant = 0, custom = 1;
-      if (nwant == 3 || vmm_backend_parse(argv[++i], &want[nwant]) != 0) return 2;
-      nwant++;
-    } else {
-      fprintf(stderr, "usage: %s --guest-dir DIR [--backend NAME]...\n", argv[0]);
-      return 2;
-    }
-  }
+  vmm_backend_t want[3];
+  int nwant;
+  if (itest_args(argc, argv, &guest_dir, want, &nwant, &nclones)) return 2;
   vmm_backend_t avail[3];
   int ran = 0;
   for (int i = 0; i < nwant; i++) {
