@@ -50,6 +50,7 @@ struct vmm_region {
   uint64_t *exposed;
   bool exposed_all;
   uint32_t keep_reads;  /* Reads that left pages writable since one protected them all. */
+  uint64_t *kept;       /* The pages those reads left writable (reported by every read). */
   void *backend_data;
 };
 
@@ -108,12 +109,14 @@ struct vmm_backend_ops {
   int (*region_add)(vmm_vm_t *vm, struct vmm_region *r);
   void (*region_remove)(vmm_vm_t *vm, struct vmm_region *r);
   int (*dirty_log_enable)(vmm_vm_t *vm, struct vmm_region *r, bool enable);
-  /* Gets and clears; bitmap has room for r->size / 4096 bits, zeroed by the caller. */
+  /* Gets and clears, and protects again what it returns; bitmap has room for r->size / 4096
+   * bits. On entry its set bits are pages the caller wants protected again too (pages an
+   * earlier dirty_log_get_keep left writable); the backend ORs in what it finds. */
   int (*dirty_log_get)(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
-  /* The same for a roll back, which copies back every page the read returns: the backend may
-   * leave those pages writable, and then every later read returns them again until a
-   * dirty_log_get protects them (a guest that writes the same pages after each roll back
-   * takes no faults and its roll backs re-protect nothing). May be NULL. */
+  /* The same for a roll back, which copies back every page the read returns, without
+   * protecting them (bitmap zeroed by the caller): a guest that writes the same pages after
+   * each roll back takes no faults and its roll backs re-protect nothing. The core remembers
+   * those pages (r->kept) and reports them until a dirty_log_get protects them. May be NULL. */
   int (*dirty_log_get_keep)(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap);
   int (*vcpu_init)(vmm_vcpu_t *vcpu);
   void (*vcpu_fini)(vmm_vcpu_t *vcpu);

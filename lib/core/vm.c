@@ -99,6 +99,7 @@ static void vmm_region_free(struct vmm_region *r) {
   free(r->host_dirty);
   free(r->snap_pending);
   free(r->exposed);
+  free(r->kept);
   free(r);
 }
 
@@ -581,6 +582,8 @@ int vmm_vm_dirty_log_enable(vmm_vm_t *vm, uint64_t gpa, int enable) {
   }
   rc = vm->ops->dirty_log_enable(vm, r, enable != 0);
   if (rc == 0) r->dirty_log = enable != 0;
+  /* Enabling protects every page again: nothing is left writable. */
+  if (rc == 0 && r->kept) memset(r->kept, 0, vmm_bitmap_bytes(r->size));
   /* Without the log, snapshots can no longer tell what changed. */
   if (rc == 0 && !enable) vm->dirty_all = false;
 out:
@@ -604,15 +607,23 @@ int vmm__dirty_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap, bool ke
   size_t need = vmm_bitmap_bytes(r->size);
   memset(bitmap, 0, need);
   keep = keep && vm->ops->dirty_log_get_keep && !r->user_log && r->keep_reads < VMM_KEEP_READS;
+  if (keep && r->kept == NULL && (r->kept = calloc(1, need)) == NULL) keep = false;
+  /* A protecting read protects what earlier reads left writable too, and reports it. */
+  if (!keep && r->kept) memcpy(bitmap, r->kept, need);
   int rc = keep ? vm->ops->dirty_log_get_keep(vm, r, bitmap) : vm->ops->dirty_log_get(vm, r, bitmap);
   if (rc == 0) {
     uint64_t pages = 0;
     for (size_t i = 0; i < need / 8; i++) {
       bitmap[i] |= __atomic_exchange_n(&r->host_dirty[i], 0, __ATOMIC_RELAXED);
+      if (keep) bitmap[i] = r->kept[i] |= bitmap[i];
       pages += (uint64_t)__builtin_popcountll(bitmap[i]);
     }
-    if (!keep) r->keep_reads = 0;
-    else r->keep_reads = pages > VMM_KEEP_PAGES ? VMM_KEEP_READS : r->keep_reads + 1;
+    if (!keep) {
+      r->keep_reads = 0;
+      if (r->kept) memset(r->kept, 0, need);
+    } else {
+      r->keep_reads = pages > VMM_KEEP_PAGES ? VMM_KEEP_READS : r->keep_reads + 1;
+    }
   }
   return rc;
 }

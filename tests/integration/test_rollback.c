@@ -188,6 +188,12 @@ static void check_backend(vmm_backend_t b, const char *guest_dir) {
   for (uint64_t i = 0; i < 64; i++)
     CHECK(!bit(bm, area0 + i), "page %" PRIu64 " was written before the roll back only, yet the "
           "log read after it names it", i);
+  /* The pages kept writable before were protected again: writing them now is logged. */
+  CHECK(round_of(v, &c, 0, 64, 8) == 0, "log round 3");
+  CHECK(vmm_vm_dirty_log_get(vm, 0, bm, sizeof(bm)) == 0, "third log read");
+  for (uint64_t i = 0; i < 64; i++)
+    CHECK(bit(bm, area0 + i), "page %" PRIu64 " was kept writable, written again, and the log "
+          "lacks it", i);
   printf("PASS %s: once the program reads the log, roll backs keep no page writable\n", bn);
 out:
   vmm_snapshot_release(s1);

@@ -165,9 +165,6 @@ struct bt_cpuid_entry {
 struct bt_region {
   uint64_t *code;   /* One bit per page: some vCPU translated code from it. */
   uint64_t *dirty;  /* One bit per page, while dirty logging is on. */
-  /* Pages a roll back's log read left writable: every read returns them until one protects
-   * them again (allocated with dirty). */
-  uint64_t *kept;
   uint64_t *pt;     /* One bit per page: some vCPU's page walk read a table from it. */
   bool logging;
 };

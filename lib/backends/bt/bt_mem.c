@@ -384,9 +384,7 @@ static bool bt_page_dirty_logged(struct vmm_region *r, uint64_t pa) {
   struct bt_region *d = bt_rdata(r);
   if (!d->logging || d->dirty == NULL) return true;
   uint64_t pg = (pa - r->gpa) / VMM_PAGE_SIZE;
-  uint64_t word = __atomic_load_n(&d->dirty[pg / 64], __ATOMIC_RELAXED) |
-                  __atomic_load_n(&d->kept[pg / 64], __ATOMIC_RELAXED);
-  return (word >> (pg % 64)) & 1;
+  return (__atomic_load_n(&d->dirty[pg / 64], __ATOMIC_RELAXED) >> (pg % 64)) & 1;
 }
 
 static void bt_page_set_dirty(struct vmm_region *r, uint64_t pa) {

@@ -294,41 +294,22 @@ static void bt_log_switch(struct vmm_region *r, void *arg) {
 
 static int bt_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) {
   struct bt_region *d = r->backend_data;
-  size_t words = bt_bitmap_words(r->size);
   if (enable && d->dirty == NULL) {
-    d->dirty = calloc(words, sizeof(uint64_t));
-    d->kept = calloc(words, sizeof(uint64_t));
-    if (d->dirty == NULL || d->kept == NULL) {
-      free(d->dirty);
-      free(d->kept);
-      d->dirty = d->kept = NULL;
-      return VMM_ENOMEM;
-    }
+    d->dirty = calloc(bt_bitmap_words(r->size), sizeof(uint64_t));
+    if (d->dirty == NULL) return VMM_ENOMEM;
   } else if (enable) {
-    memset(d->dirty, 0, words * sizeof(uint64_t));
-    memset(d->kept, 0, words * sizeof(uint64_t));
+    memset(d->dirty, 0, bt_bitmap_words(r->size) * sizeof(uint64_t));
   }
   bt_with_vcpus_stopped(vm, bt_log_switch, r, &enable, BT_STOP_FLUSH);
   return 0;
 }
 
-/* With every vCPU stopped: the pages written since the last read and those kept writable.
- * After a read that protected the windows again (REVOKE) nothing is kept; after a keeping read
- * (ONLY) all of them are. */
+/* With every vCPU stopped: the pages written since the last read. A protecting read revokes
+ * every window's writable pages first (which covers any the core asks to protect again). */
 static void bt_log_collect(struct vmm_region *r, void *bitmap) {
   struct bt_region *d = r->backend_data;
-  for (size_t i = 0; i < bt_bitmap_words(r->size); i++) {
-    uint64_t kept = __atomic_exchange_n(&d->kept[i], 0, __ATOMIC_RELAXED);
-    ((uint64_t *)bitmap)[i] |= __atomic_exchange_n(&d->dirty[i], 0, __ATOMIC_RELAXED) | kept;
-  }
-}
-
-static void bt_log_collect_keep(struct vmm_region *r, void *bitmap) {
-  struct bt_region *d = r->backend_data;
-  for (size_t i = 0; i < bt_bitmap_words(r->size); i++) {
-    uint64_t w = __atomic_exchange_n(&d->dirty[i], 0, __ATOMIC_RELAXED);
-    ((uint64_t *)bitmap)[i] |= __atomic_or_fetch(&d->kept[i], w, __ATOMIC_RELAXED);
-  }
+  for (size_t i = 0; i < bt_bitmap_words(r->size); i++)
+    ((uint64_t *)bitmap)[i] |= __atomic_exchange_n(&d->dirty[i], 0, __ATOMIC_RELAXED);
 }
 
 static int bt_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
@@ -338,12 +319,11 @@ static int bt_dirty_log_get(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap
   return 0;
 }
 
-/* A roll back's read: the windows keep their writable pages, which are reported again until a
- * bt_dirty_log_get protects them. */
+/* A roll back's read: the windows keep their writable pages. */
 static int bt_dirty_log_get_keep(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitmap) {
   struct bt_region *d = r->backend_data;
   if (!d->logging || d->dirty == NULL) return VMM_ESTATE;
-  bt_with_vcpus_stopped(vm, bt_log_collect_keep, r, bitmap, BT_STOP_ONLY);
+  bt_with_vcpus_stopped(vm, bt_log_collect, r, bitmap, BT_STOP_ONLY);
   return 0;
 }
 
@@ -410,7 +390,6 @@ static void bt_region_remove(vmm_vm_t *vm, struct vmm_region *r) {
     free(d->code);
     free(d->pt);
     free(d->dirty);
-    free(d->kept);
     free(d);
   }
   r->backend_data = NULL;

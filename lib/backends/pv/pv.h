@@ -41,10 +41,9 @@ struct vmm_pv_range {
 };
 
 /* Per RAM region under dirty logging: pages whose write-protection a sandbox's write lifted
- * since the last read, and pages a roll back's read left writable (pv_dirty.c). */
+ * since the last read (pv_dirty.c). */
 struct vmm_pv_region {
   uint64_t *dirty;
-  uint64_t *kept;
 };
 
 enum vmm_pv_pending { VMM_PV_PEND_NONE, VMM_PV_PEND_HYPERCALL, VMM_PV_PEND_EMU };

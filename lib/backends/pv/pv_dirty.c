@@ -180,11 +180,8 @@ int vmm__pv_dirty_log_enable(vmm_vm_t *vm, struct vmm_region *r, bool enable) {
   struct vmm_pv_region *pr = r->backend_data;
   if (enable && pr == NULL) {
     pr = calloc(1, sizeof(*pr));
-    size_t words = (r->size / VMM_PAGE_SIZE + 63) / 64;
-    if (pr) pr->dirty = calloc(words, sizeof(uint64_t));
-    if (pr) pr->kept = calloc(words, sizeof(uint64_t));
-    if (pr == NULL || pr->dirty == NULL || pr->kept == NULL) {
-      if (pr) free(pr->dirty), free(pr->kept);
+    if (pr) pr->dirty = calloc((r->size / VMM_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
+    if (pr == NULL || pr->dirty == NULL) {
       free(pr);
       return VMM_ENOMEM;
     }
@@ -210,32 +207,21 @@ static int vmm_pv_dirty_read(vmm_vm_t *vm, struct vmm_region *r, uint64_t *bitma
   struct vmm_pv_region *pr = r->backend_data;
   if (pr == NULL) return VMM_ESTATE;
   size_t words = (r->size / VMM_PAGE_SIZE + 63) / 64;
-  if (keep) {
-    for (size_t w = 0; w < words; w++) {
-      uint64_t got = __atomic_exchange_n(&pr->dirty[w], 0, __ATOMIC_RELAXED);
-      bitmap[w] |= __atomic_or_fetch(&pr->kept[w], got, __ATOMIC_RELAXED);
-    }
-    return 0;
-  }
-  uint64_t *pages = calloc(words ? words : 1, sizeof(uint64_t));
-  if (pages == NULL) return VMM_ENOMEM;
-  for (size_t w = 0; w < words; w++) {
-    pages[w] = __atomic_exchange_n(&pr->dirty[w], 0, __ATOMIC_RELAXED) |
-               __atomic_exchange_n(&pr->kept[w], 0, __ATOMIC_RELAXED);
-    bitmap[w] |= pages[w];
-  }
+  for (size_t w = 0; w < words; w++)
+    bitmap[w] |= __atomic_exchange_n(&pr->dirty[w], 0, __ATOMIC_RELAXED);
+  if (keep) return 0;
+  /* Protected again: what was found and what the caller passed in (pages kept before). */
   int rc = 0;
   for (size_t i = 0; i < VMM_MAX_VCPUS; i++) {
     vmm_vcpu_t *v = vm->vcpus[i];
     if (v == NULL || v->backend_data == NULL) continue;
     struct vmm_pv_vcpu *pv = vmm_pv_vcpu(v);
     pthread_mutex_lock(&pv->child_lock);
-    int r2 = vmm_pv_protect(pv, r, pages);
+    int r2 = vmm_pv_protect(pv, r, bitmap);
     pthread_mutex_unlock(&pv->child_lock);
     /* A sandbox that is going protects nothing any more; its successor starts protected. */
     if (r2 && r2 != VMM_ECHILD && rc == 0) rc = r2;
   }
-  free(pages);
   return rc;
 }
 
@@ -251,7 +237,6 @@ void vmm__pv_region_free(struct vmm_region *r) {
   struct vmm_pv_region *pr = r->backend_data;
   if (pr == NULL) return;
   free(pr->dirty);
-  free(pr->kept);
   free(pr);
   r->backend_data = NULL;
 }
