@@ -112,6 +112,54 @@ static void test_fault_with_pending_pushes(void **s) {
   vmm_vm_destroy(r.vm);
 }
 
+/* ---- vCPU memory reused across VMs (bt_pool.c) ---- */
+
+/* A destroyed vCPU's window, code cache and tables go to the next vCPU emptied: a second VM
+ * that runs different code at the same address runs its own, and a guest-physical page the
+ * first VM had mapped is not RAM in the second, whose RAM ends below it. */
+static void test_reused_vcpu_memory_starts_empty(void **s) {
+  (void)s;
+  static const uint8_t first[] = {
+      0xc7, 0x04, 0x25, 0x00, 0x00, 0x80, 0x00, 0x11, 0x11, 0x00, 0x00, /* mov dword [8M], 0x1111 */
+      0x8b, 0x1c, 0x25, 0x00, 0x00, 0x80, 0x00,                         /* mov ebx, [8M] */
+      0xf4};                                                            /* hlt */
+  static const uint8_t second[] = {0x8b, 0x1c, 0x25, 0x00, 0x00, 0x80, 0x00, 0xf4};
+  for (int round = 0; round < 3; round++) {
+    struct run a, b;
+    run_flat(&a, first, first + sizeof(first));
+    vmm_exit_t ex;
+    run_until(&a, &ex, NULL);
+    assert_int_equal(ex.reason, VMM_EXIT_HLT);
+    vmm_regs_t regs;
+    assert_int_equal(vmm_vcpu_get_regs(a.vcpu, &regs), 0);
+    assert_int_equal(regs.rbx, 0x1111);
+    uint64_t low = stat_value(a.vcpu, "bt.low_window");
+    vmm_vm_destroy(a.vm);
+
+    run_open(&b, VMM_BACKEND_BT, 4u << 20);
+    vmm_image_info_t info;
+    assert_int_equal(vmm_load_flat(b.vm, LOAD_GPA, second, sizeof(second), &info), 0);
+    vmm_long_mode_config_t lm = VMM_LONG_MODE_CONFIG_INIT;
+    lm.entry = LOAD_GPA;
+    assert_int_equal(vmm_vcpu_setup_long_mode(b.vcpu, &lm), 0);
+    assert_int_equal(stat_value(b.vcpu, "bt.reused_memory"), 1);
+    assert_int_equal(stat_value(b.vcpu, "bt.low_window"), low);
+    memset(&ex, 0, sizeof(ex));
+    assert_int_equal(vmm_vcpu_run(b.vcpu, &ex), 0);
+    if (ex.reason != VMM_EXIT_MMIO)
+      fail_msg("round %d: exit %s, not the MMIO read of 8 MiB", round,
+               vmm_exit_reason_name(ex.reason));
+    assert_int_equal(ex.mmio.gpa, 0x800000);
+    assert_false(ex.mmio.is_write);
+    ex.mmio.data = 0x2222;
+    assert_int_equal(vmm_vcpu_run(b.vcpu, &ex), 0);
+    assert_int_equal(ex.reason, VMM_EXIT_HLT);
+    assert_int_equal(vmm_vcpu_get_regs(b.vcpu, &regs), 0);
+    assert_int_equal(regs.rbx, 0x2222);
+    vmm_vm_destroy(b.vm);
+  }
+}
+
 /* ---- self-modifying code ---- */
 
 static void test_smc_runs_new_code(void **s) {
@@ -470,6 +518,7 @@ int main(void) {
       cmocka_unit_test(test_hypercall_preserves_registers),
       cmocka_unit_test(test_low_guest_pages_leave_the_low_window),
       cmocka_unit_test(test_vector_state_survives_exits),
+      cmocka_unit_test(test_reused_vcpu_memory_starts_empty),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

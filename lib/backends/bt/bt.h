@@ -208,6 +208,7 @@ struct bt_vcpu {
   uintptr_t window;
   uintptr_t gsbase;     /* The GS base: the 4 GiB slot after the control area. */
   bool low;             /* window is the low window: guest accesses carry no GS override. */
+  bool reused;          /* The memory below came from the pool (bt_pool.c). */
   struct bt_ctrl *ctrl;
   uint8_t *pstate;      /* BT_PG_* per window page. */
   uint32_t *mapped_list; /* Page numbers with a non-zero pstate, for cheap flushes. */
@@ -306,6 +307,10 @@ int vmm__bt_mem_init(struct bt_vcpu *v);
 void vmm__bt_tables_init(struct bt_ctrl *c);
 void vmm__bt_window_revoke_writes(struct bt_vcpu *v);
 void vmm__bt_mem_fini(struct bt_vcpu *v);
+/* Where the window goes: the low window if this vCPU can have it, else the GS slot. Unplacing
+ * empties the window and gives the low window back. */
+void vmm__bt_mem_place(struct bt_vcpu *v);
+void vmm__bt_mem_unplace(struct bt_vcpu *v);
 void vmm__bt_window_flush(struct bt_vcpu *v);
 /* The low window leaves no room for guest pages below BT_LOW_FLOOR: a vCPU that touches one
  * moves to its GS window (translations and mappings dropped). */
@@ -351,6 +356,12 @@ struct vmm_region *vmm__bt_region_of(struct bt_vcpu *v, uint64_t pa);
 /* ---- bt_cache.c ---- */
 int vmm__bt_cache_init(struct bt_vcpu *v);
 void vmm__bt_cache_fini(struct bt_vcpu *v);
+size_t vmm__bt_cache_size_wanted(void);
+void vmm__bt_tables_clear(struct bt_vcpu *v);
+
+/* ---- the pool of vCPU memory (bt_pool.c) ---- */
+bool vmm__bt_pool_take(struct bt_vcpu *v);
+bool vmm__bt_pool_put(struct bt_vcpu *v);
 void vmm__bt_cache_flush(struct bt_vcpu *v);
 void vmm__bt_shadow_reset(struct bt_vcpu *v);
 int32_t vmm__bt_block_lookup(struct bt_vcpu *v, uint64_t rip, uint8_t mode);

@@ -14,7 +14,7 @@
 #define BT_DEFAULT_CACHE (64u << 20)
 #define BT_HASH_SIZE (1u << 16)
 
-static size_t bt_cache_size_wanted(void) {
+size_t vmm__bt_cache_size_wanted(void) {
   /* Tuning and tests: LIBVMM_BT_CACHE_KB overrides the default size. */
   const char *s = getenv("LIBVMM_BT_CACHE_KB");
   if (s && *s) {
@@ -26,7 +26,7 @@ static size_t bt_cache_size_wanted(void) {
 }
 
 int vmm__bt_cache_init(struct bt_vcpu *v) {
-  v->cache_size = bt_cache_size_wanted();
+  v->cache_size = vmm__bt_cache_size_wanted();
   v->cache_fd = memfd_create("libvmm-bt-code", MFD_CLOEXEC);
   if (v->cache_fd >= 0 && ftruncate(v->cache_fd, (off_t)v->cache_size) == 0) {
     v->cache_rw = mmap(NULL, v->cache_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->cache_fd, 0);
@@ -50,14 +50,17 @@ int vmm__bt_cache_init(struct bt_vcpu *v) {
     v->cache_rw = v->cache_rx = p;
   }
   v->hash_size = BT_HASH_SIZE;
-  /* Buckets hold a block index + 1, so that calloc's fresh zero pages are empty buckets:
-   * writing the table out costs a page fault per page, which is most of a vCPU's creation
-   * on hosts where faults are dear. */
-  v->hash = calloc(v->hash_size, sizeof(*v->hash));
-  if (v->hash == NULL) {
+  /* Buckets hold a block index + 1, so that fresh zero pages are empty buckets: writing the
+   * table out costs a page fault per page, which is most of a vCPU's creation on hosts where
+   * faults are dear. Mapped, not allocated, so that the pool (bt_pool.c) can empty it by
+   * dropping its pages. */
+  void *h = mmap(NULL, v->hash_size * sizeof(*v->hash), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (h == MAP_FAILED) {
     vmm__bt_cache_fini(v);
     return VMM_ENOMEM;
   }
+  v->hash = h;
   return 0;
 }
 
@@ -67,7 +70,7 @@ void vmm__bt_cache_fini(struct bt_vcpu *v) {
   if (v->cache_fd >= 0) close(v->cache_fd);
   v->cache_rw = v->cache_rx = NULL;
   v->cache_fd = -1;
-  free(v->hash);
+  if (v->hash) munmap(v->hash, v->hash_size * sizeof(*v->hash));
   free(v->blocks);
   free(v->maps);
   free(v->descs);
@@ -86,7 +89,7 @@ static struct bt_table_entry *bt_table(struct bt_vcpu *v, unsigned cpl) {
   return (struct bt_table_entry *)((uint8_t *)v->ctrl + (cpl == 3 ? BT_C_TABLE3 : BT_C_TABLE0));
 }
 
-static void bt_tables_clear(struct bt_vcpu *v) {
+void vmm__bt_tables_clear(struct bt_vcpu *v) {
   uint8_t *t = (uint8_t *)v->ctrl + BT_C_TABLE0;
   size_t len = BT_C_TABLE3 + BT_TABLE_BYTES - BT_C_TABLE0;
   if (madvise(t, len, MADV_DONTNEED) != 0) memset(t, 0, len);
@@ -120,7 +123,7 @@ void vmm__bt_cache_flush(struct bt_vcpu *v) {
   v->nmaps = 0;
   v->ndescs = 0;
   memset(v->hash, 0, v->hash_size * sizeof(*v->hash));
-  bt_tables_clear(v);
+  vmm__bt_tables_clear(v);
 }
 
 static uint32_t bt_hash(uint64_t rip, uint8_t mode) {

@@ -13,6 +13,7 @@
 #define LIBVMM_BT_LAYOUT_H
 
 #define BT_WINDOW_SIZE 0x100000000
+#define BT_WINDOW_PAGES (BT_WINDOW_SIZE / 4096) /* entries of the page-state array */
 #define BT_GUARD_SIZE 0x10000
 #define BT_CTRL_SIZE 0x400000
 /* Displacement from GS base (the window) to the start of the control area. */

@@ -29,7 +29,6 @@
 #define PF_RSVD 0x8u
 #define PF_I 0x10u
 
-#define WINDOW_PAGES (BT_WINDOW_SIZE / VMM_PAGE_SIZE)
 
 /* The inline lookup tables start as the mapping's zero pages: an entry {tag 0, host 0} can
  * only match guest RIP 0, and RIP 0 indexes entry 0, so entry 0 alone is marked empty. */
@@ -102,14 +101,12 @@ int vmm__bt_mem_init(struct bt_vcpu *v) {
   v->res = start;
   v->res_size = span;
   v->gsbase = w;
-  v->low = bt_low_window_claim();
-  v->window = v->low ? 0 : w;
   void *c = mmap(start, BT_CTRL_SIZE, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   if (c == MAP_FAILED) goto err;
   v->ctrl = (struct bt_ctrl *)c;
   mprotect((uint8_t *)c + BT_C_SHADOW_GUARD, BT_C_SHADOW_LO - BT_C_SHADOW_GUARD, PROT_NONE);
-  v->pstate = mmap(NULL, WINDOW_PAGES, PROT_READ | PROT_WRITE,
+  v->pstate = mmap(NULL, BT_WINDOW_PAGES, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (v->pstate == MAP_FAILED) {
     v->pstate = NULL;
@@ -123,10 +120,22 @@ err:
   return VMM_ENOMEM;
 }
 
+void vmm__bt_mem_place(struct bt_vcpu *v) {
+  v->low = bt_low_window_claim();
+  v->window = v->low ? 0 : v->gsbase;
+}
+
+void vmm__bt_mem_unplace(struct bt_vcpu *v) {
+  if (v->nmapped) vmm__bt_window_flush(v);
+  if (v->low) bt_low_window_release();
+  v->low = false;
+  v->window = v->gsbase;
+}
+
 void vmm__bt_mem_fini(struct bt_vcpu *v) {
   if (v->low) bt_low_window_release();
   v->low = false;
-  if (v->pstate) munmap(v->pstate, WINDOW_PAGES);
+  if (v->pstate) munmap(v->pstate, BT_WINDOW_PAGES);
   if (v->res) munmap(v->res, v->res_size);
   free(v->mapped_list);
   free(v->wlist);
@@ -168,7 +177,7 @@ static void bt_window_none(struct bt_vcpu *v, uint64_t la, uint64_t len) {
 void vmm__bt_window_flush(struct bt_vcpu *v) {
   if (v->nmapped > 512) {
     bt_window_none(v, 0, BT_WINDOW_SIZE);
-    madvise(v->pstate, WINDOW_PAGES, MADV_DONTNEED);
+    madvise(v->pstate, BT_WINDOW_PAGES, MADV_DONTNEED);
   } else {
     for (size_t i = 0; i + 1 < v->nmapped; i += 2) {
       uint64_t first = v->mapped_list[i], count = v->mapped_list[i + 1];

@@ -64,10 +64,15 @@ int vmm__bt_vcpu_init(vmm_vcpu_t *vcpu) {
   v->vcpu = vcpu;
   v->bvm = bt_vm(vcpu->vm);
   v->cache_fd = -1;
-  int rc = vmm__bt_mem_init(v);
-  if (rc) goto err_mem;
-  rc = vmm__bt_cache_init(v);
-  if (rc) goto err_cache;
+  int rc = 0;
+  v->reused = vmm__bt_pool_take(v);
+  if (!v->reused) {
+    rc = vmm__bt_mem_init(v);
+    if (rc) goto err_mem;
+    rc = vmm__bt_cache_init(v);
+    if (rc) goto err_cache;
+    vmm__bt_mem_place(v);
+  }
   struct bt_ctrl *c = v->ctrl;
   c->self = (uint64_t)(uintptr_t)c;
   c->window = (uint64_t)v->window;
@@ -106,8 +111,10 @@ void vmm__bt_vcpu_fini(vmm_vcpu_t *vcpu) {
     }
   }
   vmm__bt_thread_forget(v);
-  vmm__bt_cache_fini(v);
-  vmm__bt_mem_fini(v);
+  if (!vmm__bt_pool_put(v)) {
+    vmm__bt_cache_fini(v);
+    vmm__bt_mem_fini(v);
+  }
   free(v);
   vcpu->backend_data = NULL;
 }
@@ -610,6 +617,7 @@ size_t vmm__bt_vcpu_stats(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap) {
   BT_STAT("bt.smc_invalidations", s->smc);
   BT_STAT("bt.kicks", s->kicks);
   BT_STAT("bt.low_window", v->low ? 1 : 0);
+  BT_STAT("bt.reused_memory", v->reused ? 1 : 0);
 #undef BT_STAT
   for (size_t i = 0; i < n && i < cap; i++) {
     snprintf(out[i].name, sizeof(out[i].name), "%s", t[i].name);

@@ -1,0 +1,131 @@
+/* bt backend: a small per-process pool of vCPU memory. A vCPU's address-space reservation (its
+ * control area and 4 GiB window), page-state array, code cache and block hash cost about a
+ * dozen mappings to make and as many to undo, and page faults on the pages every vCPU touches
+ * first; on hosts where those are dear (virtualized ones: tens of microseconds each) that is
+ * most of a clone. A destroyed vCPU's set is emptied and kept for the next vCPU instead, up to
+ * BT_POOL_MAX sets.
+ *
+ * Emptied means: no guest page mapped in the window (the same flush that a change of the memory
+ * map uses), the page states zero, no translation reachable (lookup tables and hash emptied,
+ * the code cache's pages given back to the kernel), the control block zeroed. What a vCPU
+ * translated or mapped never reaches the next one, whatever VM it belongs to. The low window
+ * is process-wide and goes back before a set is kept; the next user claims it again. */
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "bt.h"
+
+#define BT_POOL_MAX 4
+
+struct bt_parked {
+  uint8_t *res;
+  size_t res_size;
+  uintptr_t gsbase;
+  struct bt_ctrl *ctrl;
+  uint8_t *pstate;
+  int cache_fd;
+  uint8_t *cache_rw, *cache_rx;
+  size_t cache_size;
+  int32_t *hash;
+  uint32_t hash_size;
+};
+
+static pthread_mutex_t bt_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct bt_parked bt_pool[BT_POOL_MAX];
+static int bt_pool_n;
+
+bool vmm__bt_pool_take(struct bt_vcpu *v) {
+  size_t want = vmm__bt_cache_size_wanted();
+  bool got = false;
+  pthread_mutex_lock(&bt_pool_lock);
+  for (int i = bt_pool_n - 1; i >= 0 && !got; i--) {
+    struct bt_parked *p = &bt_pool[i];
+    if (p->cache_size != want) continue;
+    v->res = p->res;
+    v->res_size = p->res_size;
+    v->gsbase = p->gsbase;
+    v->ctrl = p->ctrl;
+    v->pstate = p->pstate;
+    v->cache_fd = p->cache_fd;
+    v->cache_rw = p->cache_rw;
+    v->cache_rx = p->cache_rx;
+    v->cache_size = p->cache_size;
+    v->hash = p->hash;
+    v->hash_size = p->hash_size;
+    bt_pool[i] = bt_pool[--bt_pool_n];
+    got = true;
+  }
+  pthread_mutex_unlock(&bt_pool_lock);
+  if (got) {
+    vmm__bt_tables_init(v->ctrl);
+    vmm__bt_mem_place(v);
+  }
+  return got;
+}
+
+/* Gives the cache's used pages back: a later vCPU starts with what a new cache has. */
+static void bt_pool_drop_code(struct bt_vcpu *v) {
+  size_t used = (v->cache_used + VMM_PAGE_SIZE - 1) & ~(size_t)(VMM_PAGE_SIZE - 1);
+  if (used > v->cache_size) used = v->cache_size;
+  if (used && (v->cache_fd < 0 || fallocate(v->cache_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                            0, (off_t)used) != 0))
+    madvise(v->cache_rw, used, MADV_DONTNEED);
+  v->cache_used = 0;
+}
+
+bool vmm__bt_pool_put(struct bt_vcpu *v) {
+  if (v->res == NULL || v->ctrl == NULL || v->pstate == NULL || v->hash == NULL ||
+      v->cache_rw == NULL)
+    return false;
+  pthread_mutex_lock(&bt_pool_lock);
+  bool room = bt_pool_n < BT_POOL_MAX;
+  pthread_mutex_unlock(&bt_pool_lock);
+  if (!room) return false;
+  vmm__bt_mem_unplace(v);
+  if (v->nblocks || v->cache_used) {
+    vmm__bt_tables_clear(v);
+    madvise(v->hash, v->hash_size * sizeof(*v->hash), MADV_DONTNEED);
+    bt_pool_drop_code(v);
+  }
+  memset(v->ctrl, 0, sizeof(*v->ctrl));
+  free(v->blocks);
+  free(v->maps);
+  free(v->descs);
+  free(v->mapped_list);
+  free(v->wlist);
+  free(v->blist);
+  struct bt_parked p = {v->res, v->res_size, v->gsbase, v->ctrl, v->pstate, v->cache_fd,
+                        v->cache_rw, v->cache_rx, v->cache_size, v->hash, v->hash_size};
+  pthread_mutex_lock(&bt_pool_lock);
+  room = bt_pool_n < BT_POOL_MAX;
+  if (room) bt_pool[bt_pool_n++] = p;
+  pthread_mutex_unlock(&bt_pool_lock);
+  if (!room) {
+    /* Another thread filled the pool meanwhile: undo this set as a vCPU's own would be. */
+    v->blocks = NULL, v->maps = NULL, v->descs = NULL;
+    v->mapped_list = NULL, v->wlist = NULL, v->blist = NULL;
+    vmm__bt_cache_fini(v);
+    vmm__bt_mem_fini(v);
+  }
+  return true;
+}
+
+/* A library unloaded from a running process gives its address space back. */
+__attribute__((destructor)) static void bt_pool_drain(void) {
+  pthread_mutex_lock(&bt_pool_lock);
+  for (int i = 0; i < bt_pool_n; i++) {
+    struct bt_parked *p = &bt_pool[i];
+    if (p->cache_rw != p->cache_rx) munmap(p->cache_rw, p->cache_size);
+    munmap(p->cache_rx, p->cache_size);
+    if (p->cache_fd >= 0) close(p->cache_fd);
+    munmap(p->hash, p->hash_size * sizeof(*p->hash));
+    munmap(p->pstate, BT_WINDOW_PAGES);
+    munmap(p->res, p->res_size);
+  }
+  bt_pool_n = 0;
+  pthread_mutex_unlock(&bt_pool_lock);
+}
