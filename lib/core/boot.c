@@ -3,6 +3,7 @@
  * port write back into a VMM_EXIT_EXCEPTION with the state at the faulting instruction. */
 #include <cpuid.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -62,6 +63,19 @@ void vmm__hypercall_page_port(uint8_t *page) {
   }
 }
 
+/* The page as it is now, read from the file it lives in where there is one: a clone's or a
+ * restored VM's mapping may never have touched it, and on virtualized hosts a page fault costs
+ * several times a pread. */
+static void vmm_page_read(vmm_vm_t *vm, uint64_t gpa, const uint8_t *page, uint8_t *buf) {
+  struct vmm_region *r = vmm__region_find(vm, gpa, VMM_PAGE_SIZE);
+  if (r && !r->cow && r->memfd >= 0) {
+    uint64_t off = gpa - r->gpa;
+    int fd = vmm__region_page_owned(r, off / VMM_PAGE_SIZE) ? r->memfd : r->base_fd;
+    if (pread(fd, buf, VMM_PAGE_SIZE, (off_t)off) == VMM_PAGE_SIZE) return;
+  }
+  memcpy(buf, page, VMM_PAGE_SIZE);
+}
+
 int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
   uint8_t *page = vmm__gpa_ptr(vm, gpa, VMM_PAGE_SIZE);
   if (page == NULL) return VMM_EFAULT;
@@ -72,7 +86,9 @@ int vmm__install_hypercall_page(vmm_vm_t *vm, uint64_t gpa) {
   if (rc) return rc;
   vm->hypercall_page_gpa = gpa;
   /* A restore usually finds the page as it was: then nothing cached from it goes stale. */
-  if (memcmp(page, fresh, VMM_PAGE_SIZE) != 0) {
+  uint8_t now[VMM_PAGE_SIZE];
+  vmm_page_read(vm, gpa, page, now);
+  if (memcmp(now, fresh, VMM_PAGE_SIZE) != 0) {
     if (vmm__gpa_wptr(vm, gpa, VMM_PAGE_SIZE) == NULL) return VMM_ENOMEM;
     memcpy(page, fresh, VMM_PAGE_SIZE);
     vmm__host_wrote(vm, gpa, VMM_PAGE_SIZE);

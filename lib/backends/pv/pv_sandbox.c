@@ -275,10 +275,15 @@ void vmm__pv_pool_refill(void) {
   }
 }
 
+/* The oldest stub first: it had the longest to start (a refill's exec runs while the caller
+ * goes on; the newest may not have spoken yet). */
 static int vmm_pv_take(struct vmm_pv_idle *out) {
   pthread_mutex_lock(&vmm_pv_pool_lock);
   bool got = vmm_pv_pool_n > 0;
-  if (got) *out = vmm_pv_pool[--vmm_pv_pool_n];
+  if (got) {
+    *out = vmm_pv_pool[0];
+    memmove(vmm_pv_pool, vmm_pv_pool + 1, (size_t)--vmm_pv_pool_n * sizeof(vmm_pv_pool[0]));
+  }
   pthread_mutex_unlock(&vmm_pv_pool_lock);
   return got ? 0 : vmm_pv_spawn(out);
 }
