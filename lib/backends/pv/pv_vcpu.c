@@ -307,9 +307,12 @@ static int vmm_pv_on_syscall(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   return 1;
 }
 
-/* Once a run handles stops itself, keep the tracer on the child's CPU until it returns: the
- * round trip then costs two context switches instead of two cross-CPU wake-ups. Runs that
- * return at their first exit leave the caller's affinity alone. */
+/* While a run lasts, the tracer stays on the child's CPU: a stop and a resume then cost two
+ * context switches instead of two cross-CPU wake-ups. Without it the scheduler may wake the
+ * tracer on the other CPU at every stop (the child is still running where the tracer slept),
+ * the next run moves the child there, and every run and every copy of what the guest wrote
+ * crosses CPUs: seen as runs and roll backs taking twice as long in some processes. The
+ * caller's affinity comes back when the run returns. */
 static void vmm_pv_pin_thread(struct vmm_pv_vcpu *pv) {
   if (!vmm_pv_pin || pv->thread_pinned || pv->pinned_cpu < 0) return;
   if (sched_getaffinity(0, sizeof(pv->thread_mask), &pv->thread_mask) != 0) return;
@@ -327,8 +330,8 @@ static void vmm_pv_unpin_thread(struct vmm_pv_vcpu *pv) {
 
 static int vmm_pv_loop(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
   struct vmm_pv_vcpu *pv = vmm_pv_vcpu(vcpu);
-  for (bool first = true;; first = false) {
-    if (!first) vmm_pv_pin_thread(pv);
+  vmm_pv_pin_thread(pv);
+  for (;;) {
     if (atomic_load_explicit(&pv->kicked, memory_order_relaxed) &&
         atomic_exchange(&pv->kicked, false)) {
       memset(exit, 0, sizeof(*exit));
