@@ -84,7 +84,13 @@ for b in kvm bt pv; do
   pid=$!
   i=0
   while ! grep -q spinning "$tmp/usr1.out" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
-  grep -q spinning "$tmp/usr1.out" || echo "  ($b: no 'spinning' after 120 s; sending SIGUSR1 anyway)"
+  if ! grep -q spinning "$tmp/usr1.out"; then
+    echo "  ($b: no 'spinning' after 120 s; sending SIGUSR1 anyway; where its threads are:)"
+    for t in /proc/"$pid"/task/*; do
+      echo "    thread ${t##*/}: $(cut -d' ' -f3 "$t/stat" 2>/dev/null) $(cat "$t/wchan" 2>/dev/null)"
+      sed 's/^/      /' "$t/stack" 2>/dev/null | head -12
+    done
+  fi
   kill -USR1 "$pid"
   i=0
   while [ ! -f "$tmp/$b.usr1" ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
