@@ -67,13 +67,12 @@ bool vmm__bt_pool_take(struct bt_vcpu *v) {
   return got;
 }
 
-/* Gives the cache's used pages back: a later vCPU starts with what a new cache has. */
+/* Gives the cache's pages back (all of it: a flush earlier in the vCPU's life leaves code past
+ * the current fill): a later vCPU starts with what a new cache has. */
 static void bt_pool_drop_code(struct bt_vcpu *v) {
-  size_t used = (v->cache_used + VMM_PAGE_SIZE - 1) & ~(size_t)(VMM_PAGE_SIZE - 1);
-  if (used > v->cache_size) used = v->cache_size;
-  if (used && (v->cache_fd < 0 || fallocate(v->cache_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                            0, (off_t)used) != 0))
-    madvise(v->cache_rw, used, MADV_DONTNEED);
+  if (v->cache_fd < 0 || fallocate(v->cache_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                                   (off_t)v->cache_size) != 0)
+    madvise(v->cache_rw, v->cache_size, MADV_DONTNEED);
   v->cache_used = 0;
 }
 
@@ -89,8 +88,8 @@ bool vmm__bt_pool_put(struct bt_vcpu *v) {
   if (v->nblocks || v->cache_used) {
     vmm__bt_tables_clear(v);
     madvise(v->hash, v->hash_size * sizeof(*v->hash), MADV_DONTNEED);
-    bt_pool_drop_code(v);
   }
+  if (v->stats.blocks) bt_pool_drop_code(v);
   memset(v->ctrl, 0, sizeof(*v->ctrl));
   free(v->blocks);
   free(v->maps);
