@@ -148,6 +148,21 @@ static void vmm_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   *buf = uv_buf_init(storage, sizeof(storage));
 }
 
+static void vmm_on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* Offers the UART what it had no room for; once it took everything, stdin is read again. The
+ * buffer stays valid meanwhile: nothing is read into it while input is pending. */
+static void vmm_feed(uv_timer_t *t) {
+  struct vmm_runner *r = t->data;
+  size_t accepted = 0;
+  vmm_uart_input(r->uart, r->pend, r->pend_len, &accepted);
+  r->pend += accepted;
+  r->pend_len -= accepted;
+  if (r->pend_len) return;
+  uv_timer_stop(t);
+  uv_read_start((uv_stream_t *)&r->in, vmm_on_alloc, vmm_on_stdin);
+}
+
 static void vmm_on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   struct vmm_runner *r = s->data;
   if (n < 0) {
@@ -156,6 +171,13 @@ static void vmm_on_stdin(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
   }
   size_t accepted = 0;
   vmm_uart_input(r->uart, buf->base, (size_t)n, &accepted);
+  if (accepted < (size_t)n) {
+    /* The guest reads slower than input comes: hold the rest instead of dropping it. */
+    uv_read_stop(s);
+    r->pend = buf->base + accepted;
+    r->pend_len = (size_t)n - accepted;
+    uv_timer_start(&r->feed, vmm_feed, 1, 1);
+  }
 }
 
 static void vmm_close_cb(uv_handle_t *h, void *arg) {
@@ -198,6 +220,8 @@ int vmm_runner_start(struct vmm_runner *r, double timeout, int linux_mode,
   if (r->have_in) {
     uv_stream_t *s = (uv_stream_t *)&r->in;
     s->data = r;
+    uv_timer_init(&r->loop, &r->feed);
+    r->feed.data = r;
     uv_read_start(s, vmm_on_alloc, vmm_on_stdin);
   }
   return uv_thread_create(tid, vmm_loop_thread, r);

@@ -30,6 +30,10 @@ struct vmm_runner {
     uv_pipe_t pipe;
   } in;
   int have_in;
+  /* Input the UART had no room for yet: reading stdin stops until the guest takes it. */
+  uv_timer_t feed;
+  const char *pend;
+  size_t pend_len;
   atomic_int timed_out;
 };
 
