@@ -34,6 +34,21 @@ int vmm_backend_probe(vmm_backend_t backend) {
   return ops->probe();
 }
 
+int vmm_backend_prepare(vmm_backend_t backend, unsigned count) {
+  if (count > VMM__PREPARE_MAX) return VMM_EINVAL;
+  if (backend == VMM_BACKEND_AUTO) {
+    size_t i = 0;
+    while (i < VMM_ARRAY_SIZE(vmm_backends) && vmm_backends[i]->probe() != 0) i++;
+    if (i == VMM_ARRAY_SIZE(vmm_backends)) return VMM_ENODEV;
+    backend = vmm_backends[i]->id;
+  }
+  int rc = vmm_backend_probe(backend);
+  if (rc != 0) return rc;
+  const struct vmm_backend_ops *ops = vmm__backend_ops(backend);
+  if (ops->prepare == NULL) return VMM_ENOSYS;
+  return ops->prepare(count);
+}
+
 static const char *const vmm_backend_names[] = {"auto", "kvm", "bt", "pv"};
 
 const char *vmm_backend_name(vmm_backend_t backend) {

@@ -150,7 +150,12 @@ struct vmm_backend_ops {
   int (*platform_load)(vmm_vm_t *vm, const cJSON *state);
   /* Appends backend counters; returns how many it has (may exceed cap). */
   size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
+  /* vmm_backend_prepare(): keep count (at most VMM__PREPARE_MAX) units of what a new vCPU
+   * needs made ahead, making the missing ones before returning. NULL: nothing to prepare. */
+  int (*prepare)(unsigned count);
 };
+
+#define VMM__PREPARE_MAX 64
 
 extern const struct vmm_backend_ops vmm__kvm_ops;
 extern const struct vmm_backend_ops vmm__bt_ops;

@@ -362,6 +362,8 @@ void vmm__bt_tables_clear(struct bt_vcpu *v);
 /* ---- the pool of vCPU memory (bt_pool.c) ---- */
 bool vmm__bt_pool_take(struct bt_vcpu *v);
 bool vmm__bt_pool_put(struct bt_vcpu *v);
+/* vmm_backend_prepare(): keeps count sets, making the missing ones now. */
+int vmm__bt_pool_prepare(unsigned count);
 void vmm__bt_cache_flush(struct bt_vcpu *v);
 void vmm__bt_shadow_reset(struct bt_vcpu *v);
 int32_t vmm__bt_block_lookup(struct bt_vcpu *v, uint64_t rip, uint8_t mode);

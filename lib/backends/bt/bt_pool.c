@@ -3,7 +3,8 @@
  * dozen mappings to make and as many to undo, and page faults on the pages every vCPU touches
  * first; on hosts where those are dear (virtualized ones: tens of microseconds each) that is
  * most of a clone. A destroyed vCPU's set is emptied and kept for the next vCPU instead, up to
- * BT_POOL_MAX sets.
+ * bt_pool_cap sets (BT_POOL_DEFAULT unless vmm_backend_prepare() says otherwise, which also
+ * makes sets ahead of need, with those first pages already touched).
  *
  * Emptied means: no guest page mapped in the window (the same flush that a change of the memory
  * map uses), the page states zero, no translation reachable (lookup tables and hash emptied,
@@ -19,7 +20,7 @@
 
 #include "bt.h"
 
-#define BT_POOL_MAX 4
+#define BT_POOL_DEFAULT 4
 
 struct bt_parked {
   uint8_t *res;
@@ -35,8 +36,9 @@ struct bt_parked {
 };
 
 static pthread_mutex_t bt_pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct bt_parked bt_pool[BT_POOL_MAX];
+static struct bt_parked bt_pool[VMM__PREPARE_MAX];
 static int bt_pool_n;
+static int bt_pool_cap = BT_POOL_DEFAULT;
 
 bool vmm__bt_pool_take(struct bt_vcpu *v) {
   size_t want = vmm__bt_cache_size_wanted();
@@ -81,7 +83,7 @@ bool vmm__bt_pool_put(struct bt_vcpu *v) {
       v->cache_rw == NULL)
     return false;
   pthread_mutex_lock(&bt_pool_lock);
-  bool room = bt_pool_n < BT_POOL_MAX;
+  bool room = bt_pool_n < bt_pool_cap;
   pthread_mutex_unlock(&bt_pool_lock);
   if (!room) return false;
   vmm__bt_mem_unplace(v);
@@ -100,7 +102,7 @@ bool vmm__bt_pool_put(struct bt_vcpu *v) {
   struct bt_parked p = {v->res, v->res_size, v->gsbase, v->ctrl, v->pstate, v->cache_fd,
                         v->cache_rw, v->cache_rx, v->cache_size, v->hash, v->hash_size};
   pthread_mutex_lock(&bt_pool_lock);
-  room = bt_pool_n < BT_POOL_MAX;
+  room = bt_pool_n < bt_pool_cap;
   if (room) bt_pool[bt_pool_n++] = p;
   pthread_mutex_unlock(&bt_pool_lock);
   if (!room) {
@@ -113,18 +115,68 @@ bool vmm__bt_pool_put(struct bt_vcpu *v) {
   return true;
 }
 
+static void bt_parked_free(struct bt_parked *p) {
+  if (p->cache_rw != p->cache_rx) munmap(p->cache_rw, p->cache_size);
+  munmap(p->cache_rx, p->cache_size);
+  if (p->cache_fd >= 0) close(p->cache_fd);
+  munmap(p->hash, p->hash_size * sizeof(*p->hash));
+  munmap(p->pstate, BT_WINDOW_PAGES);
+  munmap(p->res, p->res_size);
+}
+
+/* A new set, as a vCPU would make it, with the pages every vCPU writes at its creation (the
+ * control block, the two lookup tables' first entries, the top of the return cache) written
+ * now: a vCPU that takes it faults on none of them. */
+static int bt_parked_make(struct bt_parked *out) {
+  struct bt_vcpu tmp;
+  memset(&tmp, 0, sizeof(tmp));
+  tmp.cache_fd = -1;
+  int rc = vmm__bt_mem_init(&tmp);
+  if (rc) return rc;
+  rc = vmm__bt_cache_init(&tmp);
+  if (rc) {
+    vmm__bt_mem_fini(&tmp);
+    return rc;
+  }
+  memset(tmp.ctrl, 0, sizeof(*tmp.ctrl));
+  memset((uint8_t *)tmp.ctrl + BT_C_SHADOW_TOP - 8, 0, 8);
+  *out = (struct bt_parked){tmp.res,     tmp.res_size, tmp.gsbase,     tmp.ctrl,
+                            tmp.pstate,  tmp.cache_fd, tmp.cache_rw,   tmp.cache_rx,
+                            tmp.cache_size, tmp.hash,  tmp.hash_size};
+  return 0;
+}
+
+int vmm__bt_pool_prepare(unsigned count) {
+  struct bt_parked drop[VMM__PREPARE_MAX];
+  int ndrop = 0;
+  size_t want = vmm__bt_cache_size_wanted();
+  pthread_mutex_lock(&bt_pool_lock);
+  bt_pool_cap = (int)count;
+  /* Sets beyond the new size go, and so do sets of a code cache size no vCPU would take. */
+  for (int i = bt_pool_n - 1; i >= 0; i--) {
+    if (bt_pool_n <= bt_pool_cap && bt_pool[i].cache_size == want) continue;
+    drop[ndrop++] = bt_pool[i];
+    bt_pool[i] = bt_pool[--bt_pool_n];
+  }
+  int have = bt_pool_n;
+  pthread_mutex_unlock(&bt_pool_lock);
+  for (int i = 0; i < ndrop; i++) bt_parked_free(&drop[i]);
+  for (int rc; have < (int)count; have++) {
+    struct bt_parked p;
+    if ((rc = bt_parked_make(&p)) != 0) return rc;
+    pthread_mutex_lock(&bt_pool_lock);
+    bool room = bt_pool_n < bt_pool_cap;
+    if (room) bt_pool[bt_pool_n++] = p;
+    pthread_mutex_unlock(&bt_pool_lock);
+    if (!room) bt_parked_free(&p);
+  }
+  return 0;
+}
+
 /* A library unloaded from a running process gives its address space back. */
 __attribute__((destructor)) static void bt_pool_drain(void) {
   pthread_mutex_lock(&bt_pool_lock);
-  for (int i = 0; i < bt_pool_n; i++) {
-    struct bt_parked *p = &bt_pool[i];
-    if (p->cache_rw != p->cache_rx) munmap(p->cache_rw, p->cache_size);
-    munmap(p->cache_rx, p->cache_size);
-    if (p->cache_fd >= 0) close(p->cache_fd);
-    munmap(p->hash, p->hash_size * sizeof(*p->hash));
-    munmap(p->pstate, BT_WINDOW_PAGES);
-    munmap(p->res, p->res_size);
-  }
+  for (int i = 0; i < bt_pool_n; i++) bt_parked_free(&bt_pool[i]);
   bt_pool_n = 0;
   pthread_mutex_unlock(&bt_pool_lock);
 }

@@ -461,4 +461,5 @@ const struct vmm_backend_ops vmm__bt_ops = {
     .fill_hypercall_page = bt_fill_hypercall_page,
     .set_irq = NULL,
     .vcpu_stats = vmm__bt_vcpu_stats,
+    .prepare = vmm__bt_pool_prepare,
 };

@@ -114,7 +114,11 @@ static inline struct vmm_pv_vcpu *vmm_pv_vcpu(const vmm_vcpu_t *v) { return v->b
  * are reused once a thread has exited; ptrace tracing is not). */
 uint64_t vmm__pv_thread_token(void);
 int vmm__pv_sandbox_probe(void);
-void vmm__pv_pool_refill(void);
+/* Starts stubs until the pool holds its target, or upto stubs if fewer: 0, or the code of
+ * the start that failed. */
+int vmm__pv_pool_refill(int upto);
+/* vmm_backend_prepare(): keeps count started stubs, starting the missing ones now. */
+int vmm__pv_pool_prepare(unsigned count);
 /* Starts a sandbox for the vCPU without waiting for it (vCPU creation does this, so that the
  * stub maps RAM while the caller loads the guest). */
 int vmm__pv_child_begin(vmm_vcpu_t *vcpu);

@@ -24,7 +24,6 @@
 #include "pv_proto.h"
 
 #define VMM_PV_STUB_NAME "libvmm-pv-stub"
-#define VMM_PV_POOL_MAX 8
 
 struct vmm_pv_idle {
   pid_t pid;
@@ -32,7 +31,7 @@ struct vmm_pv_idle {
 };
 
 static pthread_mutex_t vmm_pv_pool_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct vmm_pv_idle vmm_pv_pool[VMM_PV_POOL_MAX];
+static struct vmm_pv_idle vmm_pv_pool[VMM__PREPARE_MAX];
 static int vmm_pv_pool_n;
 static int vmm_pv_pool_target = 2;
 
@@ -97,7 +96,7 @@ static void vmm_pv_init_once(void) {
   const char *pool = getenv("LIBVMM_PV_POOL");
   if (pool) {
     int n = atoi(pool);
-    vmm_pv_pool_target = n < 0 ? 0 : n > VMM_PV_POOL_MAX ? VMM_PV_POOL_MAX : n;
+    vmm_pv_pool_target = n < 0 ? 0 : n > VMM__PREPARE_MAX ? VMM__PREPARE_MAX : n;
   }
   FILE *f = fopen("/proc/sys/vm/mmap_min_addr", "re");
   if (f) {
@@ -253,15 +252,16 @@ static void vmm_pv_idle_discard(struct vmm_pv_idle *c) {
   vmm_pv_reap(c->pid);
 }
 
-void vmm__pv_pool_refill(void) {
+int vmm__pv_pool_refill(int upto) {
   pthread_once(&vmm_pv_once, vmm_pv_init_once);
   for (;;) {
     pthread_mutex_lock(&vmm_pv_pool_lock);
-    bool full = vmm_pv_pool_n >= vmm_pv_pool_target;
+    bool full = vmm_pv_pool_n >= vmm_pv_pool_target || vmm_pv_pool_n >= upto;
     pthread_mutex_unlock(&vmm_pv_pool_lock);
-    if (full) return;
+    if (full) return 0;
     struct vmm_pv_idle c;
-    if (vmm_pv_spawn(&c) != 0) return;
+    int rc = vmm_pv_spawn(&c);
+    if (rc != 0) return rc;
     pthread_mutex_lock(&vmm_pv_pool_lock);
     if (vmm_pv_pool_n < vmm_pv_pool_target) {
       vmm_pv_pool[vmm_pv_pool_n++] = c;
@@ -270,9 +270,21 @@ void vmm__pv_pool_refill(void) {
     pthread_mutex_unlock(&vmm_pv_pool_lock);
     if (c.pid) {
       vmm_pv_idle_discard(&c);
-      return;
+      return 0;
     }
   }
+}
+
+int vmm__pv_pool_prepare(unsigned count) {
+  pthread_once(&vmm_pv_once, vmm_pv_init_once);
+  struct vmm_pv_idle drop[VMM__PREPARE_MAX];
+  int ndrop = 0;
+  pthread_mutex_lock(&vmm_pv_pool_lock);
+  vmm_pv_pool_target = (int)count;
+  while (vmm_pv_pool_n > vmm_pv_pool_target) drop[ndrop++] = vmm_pv_pool[--vmm_pv_pool_n];
+  pthread_mutex_unlock(&vmm_pv_pool_lock);
+  for (int i = 0; i < ndrop; i++) vmm_pv_idle_discard(&drop[i]);
+  return vmm__pv_pool_refill(VMM__PREPARE_MAX);
 }
 
 /* The oldest stub first: it had the longest to start (a refill's exec runs while the caller

@@ -13,8 +13,10 @@ static int vmm_pv_vm_init(vmm_vm_t *vm) {
   p->map_floor = vmm__pv_map_floor();
   pthread_mutex_init(&p->own_lock, NULL);
   vm->backend_data = p;
-  /* Start a sandbox now: its exec overlaps with the caller loading the guest. */
-  vmm__pv_pool_refill();
+  /* With no stub waiting, start one now: its exec overlaps with the caller loading the guest.
+   * With one waiting, the first vCPU takes it and this VM costs no exec (the pool is filled
+   * again when vCPUs go). */
+  (void)vmm__pv_pool_refill(1);
   return 0;
 }
 
@@ -128,4 +130,5 @@ const struct vmm_backend_ops vmm__pv_ops = {
     .fill_hypercall_page = vmm_pv_fill_hypercall_page,
     .set_irq = NULL,
     .vcpu_stats = vmm__pv_vcpu_stats,
+    .prepare = vmm__pv_pool_prepare,
 };
