@@ -242,16 +242,24 @@ static const char *vmm_vector_name(unsigned v) {
   return v < sizeof(names) / sizeof(names[0]) ? names[v] : "#?";
 }
 
-int vmm_run_loop(struct vmm_session *ses, struct vmm_runner *runner) {
-  vmm_vcpu_t *vcpu = ses->vcpu;
+/* An AP (a vCPU other than 0) that halted: it stops, the VM goes on. */
+#define VMM_TOOL_AP_STOPPED (-1)
+
+/* Runs one vCPU until it ends the VM (its exit status) or, for an AP, until it halts or the
+ * VM ends. */
+static int vmm_run_vcpu(struct vmm_session *ses, struct vmm_runner *runner, vmm_vcpu_t *vcpu,
+                        unsigned index) {
   int linux_mode = ses->linux_mode, verbose = ses->verbose;
   vmm_exit_t exit;
   memset(&exit, 0, sizeof(exit));
   unsigned warned_io = 0, warned_mmio = 0, warned_hc = 0;
+  char who[32] = "";
+  if (index) snprintf(who, sizeof(who), "vCPU %u: ", index);
   for (;;) {
+    if (atomic_load(&ses->ending)) return index ? VMM_TOOL_AP_STOPPED : ses->end_status;
     int rc = vmm_vcpu_run(vcpu, &exit);
     if (rc != 0) {
-      fprintf(stderr, "vmm: run failed: %s\n", vmm_strerror(rc));
+      fprintf(stderr, "vmm: %srun failed: %s\n", who, vmm_strerror(rc));
       return VMM_TOOL_INTERNAL;
     }
     switch (exit.reason) {
@@ -261,8 +269,9 @@ int vmm_run_loop(struct vmm_session *ses, struct vmm_runner *runner) {
           return 0;
         }
         return (int)(exit.guest_exit.status & 0xff);
-      case VMM_EXIT_HLT: return 0;
+      case VMM_EXIT_HLT: return index ? VMM_TOOL_AP_STOPPED : 0;
       case VMM_EXIT_KICKED:
+        if (atomic_load(&ses->ending)) break; /* Checked at the top of the loop. */
         if (atomic_load(&runner->timed_out)) {
           fprintf(stderr, "vmm: timeout: guest still running, stopped\n");
           return VMM_TOOL_TIMEOUT;
@@ -284,37 +293,86 @@ int vmm_run_loop(struct vmm_session *ses, struct vmm_runner *runner) {
         /* No device there: reads see all-ones, writes vanish, as on a PC bus. Linux probes
          * many such ports, so in that mode only -v reports them. */
         if ((!linux_mode || verbose) && warned_io++ < 8)
-          fprintf(stderr, "vmm: guest %s unclaimed port %#x\n", exit.io.is_write ? "wrote" : "read",
-                  exit.io.port);
+          fprintf(stderr, "vmm: %sguest %s unclaimed port %#x\n", who,
+                  exit.io.is_write ? "wrote" : "read", exit.io.port);
         break;
       case VMM_EXIT_MMIO:
         if ((!linux_mode || verbose) && warned_mmio++ < 8)
-          fprintf(stderr, "vmm: guest %s unclaimed physical address %#" PRIx64 "\n",
+          fprintf(stderr, "vmm: %sguest %s unclaimed physical address %#" PRIx64 "\n", who,
                   exit.mmio.is_write ? "wrote" : "read", exit.mmio.gpa);
         break;
       case VMM_EXIT_HYPERCALL:
         if (warned_hc++ < 8)
-          fprintf(stderr, "vmm: unknown hypercall %" PRIu64 "\n", exit.hypercall.nr);
+          fprintf(stderr, "vmm: %sunknown hypercall %" PRIu64 "\n", who, exit.hypercall.nr);
         break;
       case VMM_EXIT_EXCEPTION:
-        fprintf(stderr, "vmm: guest exception %s (vector %u) at rip=%#" PRIx64, 
+        fprintf(stderr, "vmm: %sguest exception %s (vector %u) at rip=%#" PRIx64, who,
                 vmm_vector_name(exit.exception.vector), exit.exception.vector, exit.exception.rip);
         if (exit.exception.has_error_code) fprintf(stderr, " error code %#x", exit.exception.error_code);
         if (exit.exception.vector == 14) fprintf(stderr, " address %#" PRIx64, exit.exception.cr2);
         fprintf(stderr, "\n");
         return VMM_TOOL_EXCEPTION;
       case VMM_EXIT_SHUTDOWN:
-        fprintf(stderr, "vmm: guest shut down (triple fault)\n");
+        fprintf(stderr, "vmm: %sguest shut down (triple fault)\n", who);
         return VMM_TOOL_SHUTDOWN;
       case VMM_EXIT_INTERNAL_ERROR:
-        fprintf(stderr, "vmm: internal error: %s\n", exit.internal.message);
+        fprintf(stderr, "vmm: %sinternal error: %s\n", who, exit.internal.message);
         return VMM_TOOL_INTERNAL;
       case VMM_EXIT_DEBUG: break;
       default:
-        fprintf(stderr, "vmm: unexpected exit %s\n", vmm_exit_reason_name(exit.reason));
+        fprintf(stderr, "vmm: %sunexpected exit %s\n", who, vmm_exit_reason_name(exit.reason));
         return VMM_TOOL_INTERNAL;
     }
   }
+}
+
+struct vmm_ap {
+  struct vmm_session *ses;
+  struct vmm_runner *runner;
+  unsigned index;
+  uv_thread_t tid;
+};
+
+/* The first vCPU to end the VM sets its status; vCPU 0 is told, and returns it. */
+static void vmm_session_end(struct vmm_session *ses, int status) {
+  int expect = 0;
+  if (!atomic_compare_exchange_strong(&ses->ending_claim, &expect, 1)) return;
+  ses->end_status = status;
+  atomic_store(&ses->ending, 1);
+  vmm_vcpu_kick(ses->vcpu);
+}
+
+static void vmm_ap_main(void *arg) {
+  struct vmm_ap *ap = arg;
+  vmm_vcpu_t *v = vmm_vm_vcpu(ap->ses->vm, ap->index);
+  int st = vmm_run_vcpu(ap->ses, ap->runner, v, ap->index);
+  if (st != VMM_TOOL_AP_STOPPED) vmm_session_end(ap->ses, st);
+}
+
+int vmm_run_loop(struct vmm_session *ses, struct vmm_runner *runner) {
+  unsigned n = ses->nvcpus ? ses->nvcpus : 1, started = 1;
+  struct vmm_ap *aps = n > 1 ? calloc(n, sizeof(*aps)) : NULL;
+  if (n > 1 && aps == NULL) return VMM_TOOL_INTERNAL;
+  /* vCPUs 1..n-1 on threads of their own; vCPU 0 here, where SIGUSR1 and the timeout kick. */
+  for (; started < n; started++) {
+    aps[started] = (struct vmm_ap){.ses = ses, .runner = runner, .index = started};
+    if (uv_thread_create(&aps[started].tid, vmm_ap_main, &aps[started]) != 0) {
+      fprintf(stderr, "vmm: cannot start a thread for vCPU %u\n", started);
+      vmm_session_end(ses, VMM_TOOL_INTERNAL);
+      break;
+    }
+  }
+  int status = vmm_run_vcpu(ses, runner, ses->vcpu, 0);
+  if (n > 1) {
+    vmm_session_end(ses, status);
+    status = ses->end_status;
+    /* The others stop at their next exit; a kick makes that now (a kick that comes before a
+     * run is kept for it, and the loop looks at `ending` before every run). */
+    for (unsigned i = 1; i < started; i++) vmm_vcpu_kick(vmm_vm_vcpu(ses->vm, i));
+    for (unsigned i = 1; i < started; i++) uv_thread_join(&aps[i].tid);
+  }
+  free(aps);
+  return status;
 }
 
 void vmm_print_stats(vmm_vcpu_t *vcpu) {

@@ -102,7 +102,7 @@ int vmm_cmd_restore(int argc, char **argv) {
     rc = vmm_vcpu_create(vm, i, &v);
   }
   struct vmm_session ses = {.vm = vm, .vcpu = vmm_vm_vcpu(vm, 0), .save_path = save,
-                            .linux_mode = linux_mode, .verbose = verbose};
+                            .linux_mode = linux_mode, .verbose = verbose, .nvcpus = info.vcpus};
   if (rc == 0) rc = vmm_session_enable_snapshots(&ses);
   if (rc == 0) rc = vmm_vm_restore(vm, snap);
   if (rc != 0) {

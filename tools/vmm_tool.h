@@ -47,6 +47,10 @@ struct vmm_session {
   int verbose;
   atomic_int snapshot_requested;
   unsigned saves;
+  unsigned nvcpus;         /* 0 means 1. vCPU 0 is `vcpu`; the others run on threads. */
+  atomic_int ending_claim; /* Set once, by the vCPU that ends the VM. */
+  atomic_int ending;       /* The VM is ending with end_status: every vCPU stops. */
+  int end_status;
 };
 
 void vmm_log_stderr(vmm_log_level_t level, const char *msg, void *ud);
