@@ -62,6 +62,9 @@ static double clone_ten(vmm_snapshot_t *s) {
   return median(held, 3);
 }
 
+/* Baselines of this run, for the ratio line under each backend. */
+static double base_copy_gbs, base_write_gbs, floor_copy_us;
+
 static const char *guest_dir = ".";
 static const char *tmpdir = "/tmp";
 static int reps = 21;
@@ -156,6 +159,10 @@ static void bench_backend(vmm_backend_t b, double *save_gbs, double *load_gbs) {
   if (ready10 >= 0) snprintf(ready, sizeof(ready), "%11.1f", ready10);
   printf("%-4s %10.1f %14.1f %8.1f %10.1f %10.1f %10.1f %s %10.2f %10.2f\n", vmm_backend_name(b),
          snap_us, rollback, mean, rerun, clone, clone10, ready, *save_gbs, *load_gbs);
+  if (floor_copy_us > 0 && base_write_gbs > 0 && base_copy_gbs > 0)
+    printf("     ratios: roll back / memcpy of 1 MiB %.2f, save / write+fsync %.2f, "
+           "load / memcpy %.2f\n",
+           rollback / floor_copy_us, *save_gbs / base_write_gbs, *load_gbs / base_copy_gbs);
   free(t);
   vmm_snapshot_release(s);
   vmm_vm_destroy(vm);
@@ -197,6 +204,8 @@ static void baselines(void) {
   unlink(file);
   printf("baseline: memcpy %.2f GB/s, file write+fsync %.2f GB/s, file read (cached) %.2f GB/s\n",
          copy, wr, rd);
+  base_copy_gbs = copy;
+  base_write_gbs = wr;
   free(a);
   free(b);
 }
@@ -255,9 +264,10 @@ static void floors(void) {
     c[i] = t1 - t0;
     p[i] = t2 - t1;
   }
+  floor_copy_us = median(c, 9);
   printf("floors for 1 MiB: memcpy %.1f us, write-protecting its pages again: mprotect %.1f us, "
          "userfaultfd %.1f us\n",
-         median(c, 9), median(p, 9), uffd_floor_us());
+         floor_copy_us, median(p, 9), uffd_floor_us());
   munmap(m, 1u << 20);
   close(fd);
   free(src);
