@@ -245,6 +245,48 @@ static const char *vmm_vector_name(unsigned v) {
 /* An AP (a vCPU other than 0) that halted: it stops, the VM goes on. */
 #define VMM_TOOL_AP_STOPPED (-1)
 
+/* With several vCPUs, a snapshot needs all of them out of vmm_vcpu_run(): the vCPU that saves
+ * sets `pausing`, kicks the others and waits until every vCPU still running is parked here. */
+static void vmm_park_if_pausing(struct vmm_session *ses) {
+  uv_mutex_lock(&ses->pause_lock);
+  if (ses->pausing) {
+    ses->parked++;
+    uv_cond_broadcast(&ses->pause_cv);
+    while (ses->pausing) uv_cond_wait(&ses->pause_cv, &ses->pause_lock);
+    ses->parked--;
+  }
+  uv_mutex_unlock(&ses->pause_lock);
+}
+
+static int vmm_save_all_stopped(struct vmm_session *ses, vmm_vcpu_t *self) {
+  if (ses->nvcpus <= 1) return vmm_session_save(ses);
+  uv_mutex_lock(&ses->pause_lock);
+  ses->pausing = 1;
+  uv_mutex_unlock(&ses->pause_lock);
+  for (unsigned i = 0; i < ses->nvcpus; i++) {
+    vmm_vcpu_t *v = vmm_vm_vcpu(ses->vm, i);
+    if (v != self) vmm_vcpu_kick(v);
+  }
+  uv_mutex_lock(&ses->pause_lock);
+  while (ses->parked < ses->running - 1) uv_cond_wait(&ses->pause_cv, &ses->pause_lock);
+  uv_mutex_unlock(&ses->pause_lock);
+  int rc = vmm_session_save(ses);
+  uv_mutex_lock(&ses->pause_lock);
+  ses->pausing = 0;
+  uv_cond_broadcast(&ses->pause_cv);
+  uv_mutex_unlock(&ses->pause_lock);
+  return rc;
+}
+
+/* A vCPU's loop has ended: a saver waiting for it to park stops waiting. */
+static void vmm_vcpu_gone(struct vmm_session *ses) {
+  if (ses->nvcpus <= 1) return;
+  uv_mutex_lock(&ses->pause_lock);
+  ses->running--;
+  uv_cond_broadcast(&ses->pause_cv);
+  uv_mutex_unlock(&ses->pause_lock);
+}
+
 /* Runs one vCPU until it ends the VM (its exit status) or, for an AP, until it halts or the
  * VM ends. */
 static int vmm_run_vcpu(struct vmm_session *ses, struct vmm_runner *runner, vmm_vcpu_t *vcpu,
@@ -257,6 +299,7 @@ static int vmm_run_vcpu(struct vmm_session *ses, struct vmm_runner *runner, vmm_
   if (index) snprintf(who, sizeof(who), "vCPU %u: ", index);
   for (;;) {
     if (atomic_load(&ses->ending)) return index ? VMM_TOOL_AP_STOPPED : ses->end_status;
+    if (ses->nvcpus > 1) vmm_park_if_pausing(ses);
     int rc = vmm_vcpu_run(vcpu, &exit);
     if (rc != 0) {
       fprintf(stderr, "vmm: %srun failed: %s\n", who, vmm_strerror(rc));
@@ -277,7 +320,7 @@ static int vmm_run_vcpu(struct vmm_session *ses, struct vmm_runner *runner, vmm_
           return VMM_TOOL_TIMEOUT;
         }
         if (atomic_exchange(&ses->snapshot_requested, 0)) {
-          if (vmm_session_save(ses) != 0) return VMM_TOOL_INTERNAL;
+          if (vmm_save_all_stopped(ses, vcpu) != 0) return VMM_TOOL_INTERNAL;
           if (ses->stop_after_save) return 0;
           break;
         }
@@ -346,31 +389,48 @@ static void vmm_ap_main(void *arg) {
   struct vmm_ap *ap = arg;
   vmm_vcpu_t *v = vmm_vm_vcpu(ap->ses->vm, ap->index);
   int st = vmm_run_vcpu(ap->ses, ap->runner, v, ap->index);
+  vmm_vcpu_gone(ap->ses);
   if (st != VMM_TOOL_AP_STOPPED) vmm_session_end(ap->ses, st);
 }
 
 int vmm_run_loop(struct vmm_session *ses, struct vmm_runner *runner) {
   unsigned n = ses->nvcpus ? ses->nvcpus : 1, started = 1;
-  struct vmm_ap *aps = n > 1 ? calloc(n, sizeof(*aps)) : NULL;
-  if (n > 1 && aps == NULL) return VMM_TOOL_INTERNAL;
+  if (n == 1) return vmm_run_vcpu(ses, runner, ses->vcpu, 0);
+  struct vmm_ap *aps = calloc(n, sizeof(*aps));
+  if (aps == NULL || uv_mutex_init(&ses->pause_lock) != 0) {
+    free(aps);
+    return VMM_TOOL_INTERNAL;
+  }
+  if (uv_cond_init(&ses->pause_cv) != 0) {
+    uv_mutex_destroy(&ses->pause_lock);
+    free(aps);
+    return VMM_TOOL_INTERNAL;
+  }
+  ses->running = 1;
   /* vCPUs 1..n-1 on threads of their own; vCPU 0 here, where SIGUSR1 and the timeout kick. */
   for (; started < n; started++) {
     aps[started] = (struct vmm_ap){.ses = ses, .runner = runner, .index = started};
+    uv_mutex_lock(&ses->pause_lock);
+    ses->running++;
+    uv_mutex_unlock(&ses->pause_lock);
     if (uv_thread_create(&aps[started].tid, vmm_ap_main, &aps[started]) != 0) {
+      vmm_vcpu_gone(ses);
       fprintf(stderr, "vmm: cannot start a thread for vCPU %u\n", started);
       vmm_session_end(ses, VMM_TOOL_INTERNAL);
       break;
     }
   }
   int status = vmm_run_vcpu(ses, runner, ses->vcpu, 0);
-  if (n > 1) {
-    vmm_session_end(ses, status);
-    status = ses->end_status;
-    /* The others stop at their next exit; a kick makes that now (a kick that comes before a
-     * run is kept for it, and the loop looks at `ending` before every run). */
-    for (unsigned i = 1; i < started; i++) vmm_vcpu_kick(vmm_vm_vcpu(ses->vm, i));
-    for (unsigned i = 1; i < started; i++) uv_thread_join(&aps[i].tid);
-  }
+  vmm_vcpu_gone(ses);
+  vmm_session_end(ses, status);
+  /* The others stop at their next exit; a kick makes that now (a kick that comes before a run
+   * is kept for it, and the loop looks at `ending` before every run). */
+  for (unsigned i = 1; i < started; i++) vmm_vcpu_kick(vmm_vm_vcpu(ses->vm, i));
+  for (unsigned i = 1; i < started; i++) uv_thread_join(&aps[i].tid);
+  /* Read after the joins: a vCPU that claimed the end has written its status by then. */
+  status = ses->end_status;
+  uv_cond_destroy(&ses->pause_cv);
+  uv_mutex_destroy(&ses->pause_lock);
   free(aps);
   return status;
 }

@@ -51,6 +51,10 @@ struct vmm_session {
   atomic_int ending_claim; /* Set once, by the vCPU that ends the VM. */
   atomic_int ending;       /* The VM is ending with end_status: every vCPU stops. */
   int end_status;
+  /* Several vCPUs: a snapshot parks all but the saving one (vmm.c, vmm_save_all_stopped). */
+  uv_mutex_t pause_lock;
+  uv_cond_t pause_cv;
+  int pausing, parked, running;
 };
 
 void vmm_log_stderr(vmm_log_level_t level, const char *msg, void *ud);

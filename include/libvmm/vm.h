@@ -32,18 +32,23 @@ VMM_API int vmm_backend_probe(vmm_backend_t backend);
  * A new vCPU (of a new VM or of a clone) takes one prepared unit if there is one: on `bt` its
  * address-space reservation, control block, page-state array, code cache and block hash, with
  * the pages every vCPU writes first already written; on `pv` a sandbox process already started
- * (its exec done). What a destroyed vCPU leaves is emptied and kept too, up to the same count,
- * so a program that keeps N clones at once, destroys them and clones again pays for the units
- * once. Without this call `bt` keeps up to 4 and `pv` 2 (or $LIBVMM_PV_POOL). Units hold no
- * guest data: nothing one VM did is visible to the vCPU that takes its unit.
+ * (its exec done). Up to the same count is kept from then on: on `bt` what a destroyed vCPU
+ * leaves is emptied and kept, so a program that keeps N clones at once, destroys them and
+ * clones again pays for the units once; on `pv` a sandbox that ran a guest is never reused and
+ * each destroyed vCPU is replaced by one new process, started on the destroying thread. A pv
+ * unit belongs to the thread that creates the vCPU: a vCPU run from another thread starts a
+ * sandbox of its own (see docs/pv.md, Threads). Without this call `bt` keeps up to 4 and `pv`
+ * 2 (or $LIBVMM_PV_POOL). Units hold no guest data: nothing one VM did is visible to the vCPU
+ * that takes its unit.
  *
  * @param[in] backend A backend; VMM_BACKEND_AUTO means the one vmm_vm_create() would pick.
  * @param[in] count   How many to keep, at most 64; 0 keeps none (and releases those kept).
- *                    The missing units are made before the call returns.
+ *                    The missing units are made before the call returns (vCPUs created
+ *                    meanwhile on other threads may take some of them).
  * @return 0; VMM_EINVAL for count above 64 or values outside the enum; the codes of
  *         vmm_backend_probe() for a backend the host cannot run; VMM_ENOSYS for backends with
- *         nothing to prepare (`kvm`); VMM_ENOMEM or VMM_EBACKEND when a unit could not be
- *         made (those made before stay).
+ *         nothing to prepare (`kvm`); VMM_ENOMEM, VMM_ELIMIT (out of file descriptors) or
+ *         VMM_EBACKEND when a unit could not be made (those made before stay).
  */
 VMM_API int vmm_backend_prepare(vmm_backend_t backend, unsigned count);
 

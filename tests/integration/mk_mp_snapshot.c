@@ -1,7 +1,7 @@
 /* Writes a snapshot file of a two-vCPU VM, as a program using the library would, with the
  * devices `vmm` gives every VM (debug console, UART, debug-exit port, in that order), for
  * test_vmm_tool.sh: `vmm restore FILE` must run both vCPUs (mp_snapshot_guest.S) and end with
- * status 43, printing "mp ok".
+ * status 43, printing "mp ok"; with --save it saves where vCPU 1 asks, with both stopped.
  * usage: mk_mp_snapshot FILE [BACKEND] */
 #include <stdio.h>
 #include <string.h>

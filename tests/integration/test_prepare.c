@@ -5,16 +5,19 @@
  *     memory (bt.reused_memory) and the next does not; with 0 prepared a destroyed vCPU's
  *     memory is not kept either;
  *   - pv: preparing N leaves N started sandbox processes, children of this one; N VMs made
- *     then start none, the next starts exactly one; destroying them fills the pool again, and
- *     preparing 0 ends every waiting sandbox;
+ *     then start none, the next starts exactly one; destroying them fills the pool again,
+ *     preparing 0 ends every waiting sandbox, and running out of descriptors part way is
+ *     reported (VMM_ELIMIT) with the stubs started so far kept;
  *   - every VM made from prepared units runs the guest to its expected exit status.
  * usage: test_prepare --guest-dir DIR [--backend NAME]...   Exit 77 when no backend can run. */
 #include <ctype.h>
 #include <dirent.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <libvmm/vmm.h>
@@ -80,7 +83,8 @@ static int64_t stat_of(vmm_vm_t *vm, const char *name) {
   return -1;
 }
 
-/* Live (not zombie) child processes of this process, from /proc/PID/stat. */
+/* Live (not zombie) sandbox processes that are children of this process, from /proc/PID/stat
+ * (other children, inherited across an exec or a wrapper's, are not counted). */
 static int children(void) {
   DIR *d = opendir("/proc");
   if (d == NULL) return -1;
@@ -98,11 +102,32 @@ static int children(void) {
     char *p = strrchr(buf, ')');
     char state;
     int ppid;
-    if (p && sscanf(p + 1, " %c %d", &state, &ppid) == 2 && ppid == (int)getpid() && state != 'Z')
+    if (p && strstr(buf, "(libvmm-pv-stub)") == strchr(buf, '(') &&
+        sscanf(p + 1, " %c %d", &state, &ppid) == 2 && ppid == (int)getpid() && state != 'Z')
       n++;
   }
   closedir(d);
   return n;
+}
+
+/* The RLIMIT_NOFILE that leaves exactly `spare` descriptors free (new ones take the lowest
+ * free numbers, and may not reach the limit), or -1. */
+static int limit_leaving(int spare) {
+  static unsigned char used[65536];
+  memset(used, 0, sizeof(used));
+  DIR *d = opendir("/proc/self/fd");
+  if (d == NULL) return -1;
+  struct dirent *de;
+  while ((de = readdir(d)) != NULL) {
+    int fd = atoi(de->d_name);
+    if (isdigit((unsigned char)de->d_name[0]) && fd < (int)sizeof(used)) used[fd] = 1;
+  }
+  int own = dirfd(d);
+  closedir(d);
+  if (own >= 0 && own < (int)sizeof(used)) used[own] = 0; /* Free again. */
+  for (int fd = 0, free_seen = 0; fd < (int)sizeof(used); fd++)
+    if (!used[fd] && ++free_seen == spare) return fd + 1;
+  return -1;
 }
 
 static void check_runs(vmm_vm_t **vms, int n, const char *bn) {
@@ -174,6 +199,21 @@ static void test_pv(void) {
   CHECK(vm && run(vm) == 42, "pv: a VM with none prepared did not run");
   vmm_vm_destroy(vm);
   CHECK(children() == 0, "pv: with none prepared, a destroyed VM left a sandbox waiting");
+  /* Out of file descriptors part way (each waiting stub keeps a socket here): the call says
+   * so, and the stubs it started stay. */
+  struct rlimit old;
+  int lim = limit_leaving(6);
+  if (getrlimit(RLIMIT_NOFILE, &old) == 0 && lim > 0) {
+    struct rlimit low = old;
+    low.rlim_cur = (rlim_t)lim;
+    setrlimit(RLIMIT_NOFILE, &low);
+    rc = vmm_backend_prepare(VMM_BACKEND_PV, 20);
+    setrlimit(RLIMIT_NOFILE, &old);
+    int kept = children();
+    CHECK(rc == VMM_ELIMIT && kept >= 1 && kept < 20,
+          "pv: prepare 20 with 6 descriptors to spare: %s, %d sandboxes (want VMM_ELIMIT, 1-19)",
+          vmm_strerror(rc), kept);
+  }
   CHECK(vmm_backend_prepare(VMM_BACKEND_PV, 2) == 0, "pv: prepare 2");
   if (failures == before)
     printf("PASS pv: %d prepared sandboxes taken without a start, one started past them, none "
@@ -187,15 +227,21 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IONBF, 0);
   CHECK(vmm_backend_prepare(VMM_BACKEND_AUTO, 65) == VMM_EINVAL, "count 65 accepted");
   CHECK(vmm_backend_prepare((vmm_backend_t)7, 1) == VMM_EINVAL, "backend 7 accepted");
+  /* AUTO is the backend vmm_vm_create() would pick: kvm (nothing to prepare) where it runs. */
+  int auto_rc = vmm_backend_prepare(VMM_BACKEND_AUTO, 4);
+  int kvm_probe = vmm_backend_probe(VMM_BACKEND_KVM);
+  CHECK(auto_rc == (kvm_probe == 0 ? VMM_ENOSYS : vmm_backend_probe(VMM_BACKEND_AUTO)),
+        "auto: prepare 4 gave %s", vmm_strerror(auto_rc));
   int ran = 0;
   for (int i = 0; i < nwant; i++) {
     vmm_backend_t b = want[i];
     int probe = vmm_backend_probe(b);
     if (b == VMM_BACKEND_KVM) {
       int rc = vmm_backend_prepare(b, 1);
-      CHECK(rc == (probe == 0 ? VMM_ENOSYS : probe), "kvm: prepare gave %s (probe: %s)",
-            vmm_strerror(rc), vmm_strerror(probe));
-      printf("PASS kvm: prepare says %s\n", vmm_strerror(rc));
+      bool ok = rc == (probe == 0 ? VMM_ENOSYS : probe);
+      CHECK(ok, "kvm: prepare gave %s (probe: %s)", vmm_strerror(rc), vmm_strerror(probe));
+      if (ok) printf("PASS kvm: prepare says %s\n", vmm_strerror(rc));
+      ran += probe == 0;
       continue;
     }
     if (probe != 0) {
@@ -207,7 +253,7 @@ int main(int argc, char **argv) {
     if (b == VMM_BACKEND_PV) test_pv();
   }
   if (ran == 0) {
-    printf("SKIP: neither bt nor pv can run here\n");
+    printf("SKIP: no requested backend can run here\n");
     return failures ? 1 : 77;
   }
   return failures ? 1 : 0;

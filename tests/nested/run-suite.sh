@@ -10,13 +10,15 @@ step() {
   "$@" || { echo "FAILED: $*"; fail=1; }
 }
 step "$B/tests/integration/test_guests" --guest-dir "$B/guest" --backend kvm
-step /bin/sh "$S/tests/integration/test_vmm_tool.sh" "$B/tools/vmm" "$B/guest"
+step /bin/sh "$S/tests/integration/test_vmm_tool.sh" "$B/tools/vmm" "$B/guest" \
+  "$B/tests/integration/mk_mp_snapshot"
 step "$B/tests/integration/test_dirty" --guest-dir "$B/guest" --backend kvm
 step "$B/tests/integration/test_modes" --backend kvm
 # kvm with every other backend: snapshots cross in both directions.
 step "$B/tests/integration/test_lifecycle" --guest-dir "$B/guest" --clones 20
 step "$B/tests/integration/test_clones" --backend kvm
 step "$B/tests/integration/test_rollback" --guest-dir "$B/guest" --backend kvm
+step "$B/tests/integration/test_prepare" --guest-dir "$B/guest" --backend kvm
 echo "== hello-vmm demo on kvm"
 if "$B/examples/hello-vmm" -b kvm "$B/guest/demo.elf" >/tmp/demo.out && grep -q '^bye' /tmp/demo.out; then
   echo "PASS hello-vmm demo"

@@ -152,12 +152,13 @@ int vmm__bt_pool_prepare(unsigned count) {
   size_t want = vmm__bt_cache_size_wanted();
   pthread_mutex_lock(&bt_pool_lock);
   bt_pool_cap = (int)count;
-  /* Sets beyond the new size go, and so do sets of a code cache size no vCPU would take. */
+  /* Sets of a code cache size no vCPU would take go first, then those beyond the new size. */
   for (int i = bt_pool_n - 1; i >= 0; i--) {
-    if (bt_pool_n <= bt_pool_cap && bt_pool[i].cache_size == want) continue;
+    if (bt_pool[i].cache_size == want) continue;
     drop[ndrop++] = bt_pool[i];
     bt_pool[i] = bt_pool[--bt_pool_n];
   }
+  while (bt_pool_n > bt_pool_cap) drop[ndrop++] = bt_pool[--bt_pool_n];
   int have = bt_pool_n;
   pthread_mutex_unlock(&bt_pool_lock);
   for (int i = 0; i < ndrop; i++) bt_parked_free(&drop[i]);

@@ -114,9 +114,9 @@ static inline struct vmm_pv_vcpu *vmm_pv_vcpu(const vmm_vcpu_t *v) { return v->b
  * are reused once a thread has exited; ptrace tracing is not). */
 uint64_t vmm__pv_thread_token(void);
 int vmm__pv_sandbox_probe(void);
-/* Starts stubs until the pool holds its target, or upto stubs if fewer: 0, or the code of
- * the start that failed. */
-int vmm__pv_pool_refill(int upto);
+/* Starts stubs, at most max_new, until the pool holds its target, or upto stubs if fewer: 0,
+ * or the code of the start that failed. */
+int vmm__pv_pool_refill(int upto, int max_new);
 /* vmm_backend_prepare(): keeps count started stubs, starting the missing ones now. */
 int vmm__pv_pool_prepare(unsigned count);
 /* Starts a sandbox for the vCPU without waiting for it (vCPU creation does this, so that the

@@ -252,9 +252,9 @@ static void vmm_pv_idle_discard(struct vmm_pv_idle *c) {
   vmm_pv_reap(c->pid);
 }
 
-int vmm__pv_pool_refill(int upto) {
+int vmm__pv_pool_refill(int upto, int max_new) {
   pthread_once(&vmm_pv_once, vmm_pv_init_once);
-  for (;;) {
+  for (int made = 0; made < max_new; made++) {
     pthread_mutex_lock(&vmm_pv_pool_lock);
     bool full = vmm_pv_pool_n >= vmm_pv_pool_target || vmm_pv_pool_n >= upto;
     pthread_mutex_unlock(&vmm_pv_pool_lock);
@@ -273,6 +273,7 @@ int vmm__pv_pool_refill(int upto) {
       return 0;
     }
   }
+  return 0;
 }
 
 int vmm__pv_pool_prepare(unsigned count) {
@@ -284,7 +285,7 @@ int vmm__pv_pool_prepare(unsigned count) {
   while (vmm_pv_pool_n > vmm_pv_pool_target) drop[ndrop++] = vmm_pv_pool[--vmm_pv_pool_n];
   pthread_mutex_unlock(&vmm_pv_pool_lock);
   for (int i = 0; i < ndrop; i++) vmm_pv_idle_discard(&drop[i]);
-  return vmm__pv_pool_refill(VMM__PREPARE_MAX);
+  return vmm__pv_pool_refill(VMM__PREPARE_MAX, VMM__PREPARE_MAX);
 }
 
 /* The oldest stub first: it had the longest to start (a refill's exec runs while the caller

@@ -59,7 +59,7 @@ void vmm__pv_vcpu_fini(vmm_vcpu_t *vcpu) {
   free(pv);
   vcpu->backend_data = NULL;
   /* Replace the process this vCPU used, outside anyone's creation path. */
-  if (had_child) (void)vmm__pv_pool_refill(VMM__PREPARE_MAX);
+  if (had_child) (void)vmm__pv_pool_refill(VMM__PREPARE_MAX, 1);
 }
 
 void vmm__pv_vcpu_kick(vmm_vcpu_t *vcpu) {

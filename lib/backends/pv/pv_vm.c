@@ -13,10 +13,11 @@ static int vmm_pv_vm_init(vmm_vm_t *vm) {
   p->map_floor = vmm__pv_map_floor();
   pthread_mutex_init(&p->own_lock, NULL);
   vm->backend_data = p;
-  /* With no stub waiting, start one now: its exec overlaps with the caller loading the guest.
-   * With one waiting, the first vCPU takes it and this VM costs no exec (the pool is filled
-   * again when vCPUs go). */
-  (void)vmm__pv_pool_refill(1);
+  /* One stub waiting per vCPU the VM may have, started now if missing: their execs overlap
+   * with the caller loading the guest. With enough waiting (a prepared pool) this VM starts
+   * none; vCPUs that go are replaced one for one. */
+  int want = (int)vm->max_vcpus;
+  (void)vmm__pv_pool_refill(want, want);
   return 0;
 }
 
