@@ -148,6 +148,9 @@ struct vmm_backend_ops {
   cJSON *(*platform_save)(vmm_vm_t *vm, int *rc);
   int (*platform_check)(vmm_vm_t *vm, const cJSON *state);
   int (*platform_load)(vmm_vm_t *vm, const cJSON *state);
+  /* The same without what would write guest RAM, for a restore's trial (NULL: platform_load
+   * writes none). */
+  int (*platform_try)(vmm_vm_t *vm, const cJSON *state);
   /* Appends backend counters; returns how many it has (may exceed cap). */
   size_t (*vcpu_stats)(vmm_vcpu_t *vcpu, vmm_stat_t *out, size_t cap);
   /* vmm_backend_prepare(): keep count (at most VMM__PREPARE_MAX) units of what a new vCPU

@@ -244,6 +244,63 @@ int vmm__snap_apply(vmm_vm_t *vm, const struct vmm_snapshot *s, vmm_device_t **d
   return 0;
 }
 
+/* The parts of a restore the backend may refuse, tried before RAM or devices change: the vCPU
+ * states and the platform state (platform_try: without what would write guest RAM) are set,
+ * and on a refusal the VM's own (read just before, so acceptable to the backend) are put back
+ * and the restore fails with nothing changed. Done
+ * for states this backend did not produce in this process (a file, another backend) and for
+ * platform state (the kernel checks bits a file may set, such as reserved MSR bits); the
+ * restore proper sets everything again in its order. */
+static int vmm_snap_trial(vmm_vm_t *vm, const struct vmm_snapshot *s) {
+  vmm_cpu_state_t *old = calloc(s->nvcpus ? s->nvcpus : 1, sizeof(*old));
+  if (old == NULL) return VMM_ENOMEM;
+  int rc = 0;
+  for (uint32_t i = 0; rc == 0 && i < s->nvcpus; i++) {
+    old[i].struct_size = sizeof(old[i]);
+    rc = vm->ops->get_state(vm->vcpus[i], &old[i]);
+  }
+  cJSON *old_platform = NULL;
+  if (rc == 0 && s->platform) old_platform = vm->ops->platform_save(vm, &rc);
+  if (rc) {
+    free(old);
+    return rc;
+  }
+  uint32_t set = 0; /* vCPUs whose state was taken */
+  while (rc == 0 && set < s->nvcpus) {
+    rc = vm->ops->set_state(vm->vcpus[set], &s->cpus[set]);
+    if (rc)
+      VMM_LOG_E("restore: vCPU %u state refused by %s: %s", set, vm->ops->name, vmm_strerror(rc));
+    else
+      set++;
+  }
+  int (*try_platform)(vmm_vm_t *, const cJSON *) =
+      vm->ops->platform_try ? vm->ops->platform_try : vm->ops->platform_load;
+  bool platform_tried = false;
+  if (rc == 0 && s->platform) {
+    platform_tried = true;
+    rc = try_platform(vm, s->platform);
+    if (rc) VMM_LOG_E("restore: interrupt controllers and timer refused: %s", vmm_strerror(rc));
+  }
+  if (rc) {
+    int back = 0;
+    for (uint32_t i = 0; i < set; i++) {
+      int r = vm->ops->set_state(vm->vcpus[i], &old[i]);
+      if (r && !back) back = r;
+    }
+    if (platform_tried && old_platform) {
+      int r = try_platform(vm, old_platform);
+      if (r && !back) back = r;
+    }
+    if (back)
+      VMM_LOG_E("restore: the VM's own state could not be put back either: %s", vmm_strerror(back));
+    else
+      VMM_LOG_I("restore: refused before RAM or devices changed; the VM is as it was");
+  }
+  cJSON_Delete(old_platform);
+  free(old);
+  return rc;
+}
+
 int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
   if (vm == NULL || s == NULL) return VMM_EINVAL;
   if (!vmm__snap_vm_stopped(vm)) return VMM_EBUSY;
@@ -272,6 +329,8 @@ int vmm_vm_restore(vmm_vm_t *vm, vmm_snapshot_t *s) {
     rc = vm->ops->flush_pending(vm->vcpus[i], &vm->vcpus[i]->cur);
     vm->vcpus[i]->cur.reason = VMM_EXIT_NONE;
   }
+  if (rc == 0 && (s->platform || s->from_file || s->backend != vm->ops->id))
+    rc = vmm_snap_trial(vm, s);
   if (rc == 0) {
     vm->restoring = true;
     rc = vmm_snap_restore_memory(vm, s);

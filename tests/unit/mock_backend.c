@@ -163,6 +163,47 @@ vmm_vm_t *mock_vm_create(uint64_t ram) {
   return vm;
 }
 
+static cJSON *mock_platform_save(vmm_vm_t *vm, int *rc) {
+  cJSON *j = cJSON_CreateObject();
+  *rc = j && cJSON_AddNumberToObject(j, "value", (double)mock_vm_of(vm)->platform) ? 0 : VMM_ENOMEM;
+  if (*rc) {
+    cJSON_Delete(j);
+    return NULL;
+  }
+  return j;
+}
+
+static int mock_platform_check(vmm_vm_t *vm, const cJSON *j) {
+  (void)vm;
+  return cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "value")) ? 0 : VMM_ECORRUPT;
+}
+
+static int mock_platform_load(vmm_vm_t *vm, const cJSON *j) {
+  struct mock_vm *m = mock_vm_of(vm);
+  int rc = mock_platform_check(vm, j);
+  if (rc) return rc;
+  uint64_t v = (uint64_t)cJSON_GetObjectItemCaseSensitive(j, "value")->valuedouble;
+  if (m->refuse_platform && v == m->refuse_platform) return VMM_EBACKEND;
+  m->platform = v;
+  m->platform_loads++;
+  return 0;
+}
+
+vmm_vm_t *mock_vm_create_irqchip(uint64_t ram) {
+  static struct vmm_backend_ops irq_ops;
+  irq_ops = mock_backend_ops;
+  irq_ops.caps |= VMM__CAP_IRQCHIP;
+  irq_ops.platform_save = mock_platform_save;
+  irq_ops.platform_check = mock_platform_check;
+  irq_ops.platform_load = mock_platform_load;
+  vmm_vm_config_t cfg = VMM_VM_CONFIG_INIT;
+  cfg.ram_size = ram;
+  cfg.flags = VMM_VM_IRQCHIP;
+  vmm_vm_t *vm = NULL;
+  if (vmm__vm_create_with_ops(&cfg, &irq_ops, &vm) != 0) return NULL;
+  return vm;
+}
+
 vmm_vm_t *mock_vm_create_cow(uint64_t ram) {
   static struct vmm_backend_ops cow_ops;
   cow_ops = mock_backend_ops;

@@ -25,6 +25,10 @@ struct mock_vm {
   uint64_t dirty[64];   /* Backend-side dirty bits for every region (first 4096 pages). */
   bool fail_region_add;
   size_t regions_added, regions_removed;
+  /* VMs made with mock_vm_create_irqchip(): the "platform" state is this one number, and
+   * platform_load refuses the value refuse_platform (0: refuses none). */
+  uint64_t platform, refuse_platform;
+  size_t platform_loads;
 };
 
 extern const struct vmm_backend_ops mock_backend_ops;
@@ -33,6 +37,8 @@ extern const struct vmm_backend_ops mock_backend_ops;
 vmm_vm_t *mock_vm_create(uint64_t ram);
 /* The same with the copy-on-write capability kvm has (first snapshots adopt the memfd). */
 vmm_vm_t *mock_vm_create_cow(uint64_t ram);
+/* The same with interrupt controllers (VMM_VM_IRQCHIP) whose state is mock_vm.platform. */
+vmm_vm_t *mock_vm_create_irqchip(uint64_t ram);
 struct mock_vcpu *mock_vcpu_of(vmm_vcpu_t *vcpu);
 struct mock_vm *mock_vm_of(vmm_vm_t *vm);
 void mock_push_exit(vmm_vcpu_t *vcpu, const vmm_exit_t *exit);

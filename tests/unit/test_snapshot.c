@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "core/snapshot.h"
@@ -386,6 +387,74 @@ static void test_irqchip_vm_is_refused(void **state) {
   vmm_snapshot_release(s);
 }
 
+/* A restore whose vCPU state the backend refuses, from a file (states this backend did not
+ * produce here): nothing changes, neither RAM nor registers; once accepted, it restores. */
+static void test_refused_file_restore_changes_nothing(void **state) {
+  struct fixture *f = *state;
+  guest_write(f->vm, 0x8000, 1);
+  vmm_regs_t r;
+  assert_int_equal(vmm_vcpu_get_regs(f->vcpu, &r), 0);
+  r.rbx = 1;
+  assert_int_equal(vmm_vcpu_set_regs(f->vcpu, &r), 0);
+  vmm_snapshot_t *s, *ls = NULL;
+  assert_int_equal(vmm_vm_snapshot(f->vm, &s), 0);
+  char path[] = "/tmp/libvmm-test-refusedXXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  assert_int_equal(vmm_snapshot_save(s, path, VMM_SNAPSHOT_SAVE_FULL), 0);
+  assert_int_equal(vmm_snapshot_load(path, &ls), 0);
+  unlink(path);
+  guest_write(f->vm, 0x8000, 2);
+  r.rbx = 2;
+  assert_int_equal(vmm_vcpu_set_regs(f->vcpu, &r), 0);
+  mock_vcpu_of(f->vcpu)->fail_set_state = true;
+  assert_int_equal(vmm_vm_restore(f->vm, ls), VMM_EINVAL);
+  mock_vcpu_of(f->vcpu)->fail_set_state = false;
+  assert_int_equal(peek(f->vm, 0x8000), 2);
+  assert_int_equal(vmm_vcpu_get_regs(f->vcpu, &r), 0);
+  assert_int_equal(r.rbx, 2);
+  assert_int_equal(vmm_vm_restore(f->vm, ls), 0);
+  assert_int_equal(peek(f->vm, 0x8000), 1);
+  assert_int_equal(vmm_vcpu_get_regs(f->vcpu, &r), 0);
+  assert_int_equal(r.rbx, 1);
+  vmm_snapshot_release(ls);
+  vmm_snapshot_release(s);
+}
+
+/* Platform state (kvm's interrupt controllers, on the mock a number) that the backend refuses:
+ * the VM keeps its RAM, registers and its own platform state. */
+static void test_refused_platform_restore_changes_nothing(void **state) {
+  (void)state;
+  vmm_vm_t *vm = mock_vm_create_irqchip(RAM);
+  assert_non_null(vm);
+  vmm_vcpu_t *v;
+  assert_int_equal(vmm_vcpu_create(vm, 0, &v), 0);
+  struct mock_vm *m = mock_vm_of(vm);
+  m->platform = 5;
+  guest_write(vm, 0x8000, 1);
+  vmm_snapshot_t *s;
+  assert_int_equal(vmm_vm_snapshot(vm, &s), 0);
+  guest_write(vm, 0x8000, 2);
+  vmm_regs_t r;
+  assert_int_equal(vmm_vcpu_get_regs(v, &r), 0);
+  r.rbx = 2;
+  assert_int_equal(vmm_vcpu_set_regs(v, &r), 0);
+  m->platform = 7;
+  m->refuse_platform = 5;
+  assert_int_equal(vmm_vm_restore(vm, s), VMM_EBACKEND);
+  assert_int_equal(peek(vm, 0x8000), 2);
+  assert_int_equal(m->platform, 7);
+  assert_int_equal(vmm_vcpu_get_regs(v, &r), 0);
+  assert_int_equal(r.rbx, 2);
+  m->refuse_platform = 0;
+  assert_int_equal(vmm_vm_restore(vm, s), 0);
+  assert_int_equal(peek(vm, 0x8000), 1);
+  assert_int_equal(m->platform, 5);
+  vmm_snapshot_release(s);
+  vmm_vm_destroy(vm);
+}
+
 /* linux-pc: its CMOS index and RAM come back; an index beyond the 7-bit register (which would
  * address past the 128-byte RAM) is refused before anything changes. */
 static void test_linux_pc_state(void **state) {
@@ -453,6 +522,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_long_chain_within_fd_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_irqchip_vm_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_linux_pc_state, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refused_file_restore_changes_nothing, setup, teardown),
+      cmocka_unit_test(test_refused_platform_restore_changes_nothing),
       cmocka_unit_test(test_first_snapshot_adopts_memory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

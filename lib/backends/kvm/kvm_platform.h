@@ -12,5 +12,7 @@ int vmm__kvm_platform_init(vmm_vm_t *vm, struct vmm_kvm_vm *k);
 cJSON *vmm__kvm_platform_save(vmm_vm_t *vm, int *rc);
 int vmm__kvm_platform_check(vmm_vm_t *vm, const cJSON *j);
 int vmm__kvm_platform_load(vmm_vm_t *vm, const cJSON *j);
+/* The load without what writes guest RAM (the wall-clock MSRs), for a restore's trial. */
+int vmm__kvm_platform_try(vmm_vm_t *vm, const cJSON *j);
 
 #endif /* LIBVMM_KVM_PLATFORM_H */

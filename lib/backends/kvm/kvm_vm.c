@@ -315,6 +315,7 @@ const struct vmm_backend_ops vmm__kvm_ops = {
     .platform_save = vmm__kvm_platform_save,
     .platform_check = vmm__kvm_platform_check,
     .platform_load = vmm__kvm_platform_load,
+    .platform_try = vmm__kvm_platform_try,
     .region_remove = vmm_kvm_region_remove,
     .dirty_log_enable = vmm_kvm_dirty_log_enable,
     .dirty_log_get = vmm_kvm_dirty_log_get,
