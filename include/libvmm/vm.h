@@ -34,8 +34,9 @@ VMM_API int vmm_backend_probe(vmm_backend_t backend);
  * the pages every vCPU writes first already written; on `pv` a sandbox process already started
  * (its exec done). Up to the same count is kept from then on: on `bt` what a destroyed vCPU
  * leaves is emptied and kept, so a program that keeps N clones at once, destroys them and
- * clones again pays for the units once; on `pv` a sandbox that ran a guest is never reused and
- * each destroyed vCPU is replaced by one new process, started on the destroying thread. A pv
+ * clones again pays for the units once; on `pv` a sandbox that ran a guest is never reused:
+ * destroying a vCPU starts up to two new processes (its replacement, and one more while fewer
+ * than the count wait), on the destroying thread. A pv
  * unit belongs to the thread that creates the vCPU: a vCPU run from another thread starts a
  * sandbox of its own (see docs/pv.md, Threads). Without this call `bt` keeps up to 4 and `pv`
  * 2 (or $LIBVMM_PV_POOL). Units hold no guest data: nothing one VM did is visible to the vCPU

@@ -7,7 +7,8 @@
  *   - pv: preparing N leaves N started sandbox processes, children of this one; N VMs made
  *     then start none, the next starts exactly one; destroying them fills the pool again,
  *     preparing 0 ends every waiting sandbox, and running out of descriptors part way is
- *     reported (VMM_ELIMIT) with the stubs started so far kept;
+ *     reported (VMM_ELIMIT) with the stubs started so far kept; with two kept, destroying one
+ *     of two VMs starts its replacement and one more;
  *   - every VM made from prepared units runs the guest to its expected exit status.
  * usage: test_prepare --guest-dir DIR [--backend NAME]...   Exit 77 when no backend can run. */
 #include <ctype.h>
@@ -199,6 +200,18 @@ static void test_pv(void) {
   CHECK(vm && run(vm) == 42, "pv: a VM with none prepared did not run");
   vmm_vm_destroy(vm);
   CHECK(children() == 0, "pv: with none prepared, a destroyed VM left a sandbox waiting");
+  /* With two kept: two VMs take both; destroying one starts its replacement and one more, so
+   * the next clone takes a stub that had time to start. */
+  rc = vmm_backend_prepare(VMM_BACKEND_PV, 2);
+  vmm_vm_t *a = make_vm(VMM_BACKEND_PV), *b2 = make_vm(VMM_BACKEND_PV);
+  int before_destroy = children();
+  vmm_vm_destroy(a);
+  int after_destroy = children();
+  CHECK(rc == 0 && a && b2 && before_destroy == 2 && after_destroy == 3,
+        "pv: two kept, two VMs, one destroyed: %d then %d processes (want 2, then 1 + 2 waiting)",
+        before_destroy, after_destroy);
+  vmm_vm_destroy(b2);
+  vmm_backend_prepare(VMM_BACKEND_PV, 0);
   /* Out of file descriptors part way (each waiting stub keeps a socket here): the call says
    * so, and the stubs it started stay. */
   struct rlimit old;

@@ -58,8 +58,11 @@ void vmm__pv_vcpu_fini(vmm_vcpu_t *vcpu) {
   free(pv->remap);
   free(pv);
   vcpu->backend_data = NULL;
-  /* Replace the process this vCPU used, outside anyone's creation path. */
-  if (had_child) (void)vmm__pv_pool_refill(VMM__PREPARE_MAX, 1);
+  /* Replace the process this vCPU used, outside anyone's creation path, and one more while the
+   * pool is short (a clone-destroy loop then takes a stub that had a whole round to start,
+   * not the one just spawned: taking that made clones wait 0.5 ms for its first message). At
+   * most two, so destroying many clones of a prepared pool spreads the starts out. */
+  if (had_child) (void)vmm__pv_pool_refill(VMM__PREPARE_MAX, 2);
 }
 
 void vmm__pv_vcpu_kick(vmm_vcpu_t *vcpu) {
