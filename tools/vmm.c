@@ -261,8 +261,15 @@ static void vmm_park_if_pausing(struct vmm_session *ses) {
 static int vmm_save_all_stopped(struct vmm_session *ses, vmm_vcpu_t *self) {
   if (ses->nvcpus <= 1) return vmm_session_save(ses);
   uv_mutex_lock(&ses->pause_lock);
+  int busy = ses->pausing;
   ses->pausing = 1;
   uv_mutex_unlock(&ses->pause_lock);
+  if (busy) {
+    /* Another vCPU is saving (a second request came meanwhile): this one parks like the
+     * rest, and that snapshot answers both requests. */
+    vmm_park_if_pausing(ses);
+    return 0;
+  }
   for (unsigned i = 0; i < ses->nvcpus; i++) {
     vmm_vcpu_t *v = vmm_vm_vcpu(ses->vm, i);
     if (v != self) vmm_vcpu_kick(v);
