@@ -16,7 +16,11 @@ VMM_EXTERN_C_BEGIN
 /** @brief What a handler returns besides a negative VMM_E* code. */
 enum {
   VMM_HANDLED = 0,   /**< Consumed: the guest continues. */
-  VMM_UNHANDLED = 1, /**< Not consumed: vmm_vcpu_run() returns the exit to its caller. */
+  /** Not consumed: vmm_vcpu_run() returns the exit to its caller. For string I/O (INS/OUTS),
+   *  declining the first element passes the whole string to the caller; declining a later one
+   *  ends the string there as an absent device would (later reads see all-ones, later writes
+   *  are dropped), so that no element reaches both the handler and the caller. */
+  VMM_UNHANDLED = 1,
 };
 
 /**

@@ -186,12 +186,21 @@ static int vmm_dispatch_pio(vmm_vcpu_t *vcpu, vmm_exit_t *exit) {
     int rc = vmm_call_io(vcpu, h, exit->io.port, size, exit->io.is_write, &exit->io.data);
     return rc == VMM_HANDLED ? 1 : rc == VMM_UNHANDLED ? 0 : rc;
   }
-  /* String I/O: every element goes to the same port. */
+  /* String I/O: every element goes to the same port. A handler that declines the first
+   * element declines the string (the caller gets it whole); one that declines a later element
+   * has taken the earlier ones, which must not reach the caller again: the rest of the string
+   * goes where an absent device's accesses go (reads see all-ones, writes vanish). */
   uint8_t *p = exit->io.buf;
   for (uint32_t i = 0; i < exit->io.count; i++, p += size) {
     uint64_t v = 0;
     memcpy(&v, p, size);
     int rc = vmm_call_io(vcpu, h, exit->io.port, size, exit->io.is_write, &v);
+    if (rc == VMM_UNHANDLED && i > 0) {
+      VMM_LOG_D("port %#x: the handler declined element %u of %u of a string; the rest is "
+                "dropped (writes) or all-ones (reads)", exit->io.port, i, exit->io.count);
+      if (!exit->io.is_write) memset(p, 0xff, (size_t)(exit->io.count - i) * size);
+      return 1;
+    }
     if (rc != VMM_HANDLED) return rc == VMM_UNHANDLED ? 0 : rc;
     if (!exit->io.is_write) memcpy(p, &v, size);
   }

@@ -38,6 +38,7 @@ struct io_log {
   int n;
   uint64_t reply;
   int ret;
+  int handle_first; /* > 0: the first handle_first calls return VMM_HANDLED, then `ret`. */
 };
 
 static int log_io(vmm_vcpu_t *vcpu, uint64_t offset, uint32_t size, int is_write, uint64_t *data,
@@ -51,6 +52,7 @@ static int log_io(vmm_vcpu_t *vcpu, uint64_t offset, uint32_t size, int is_write
   }
   l->n++;
   if (!is_write) *data = l->reply;
+  if (l->handle_first > 0) return l->n <= l->handle_first ? VMM_HANDLED : l->ret;
   return l->ret;
 }
 
@@ -178,6 +180,49 @@ static void test_string_io_dispatches_every_element(void **state) {
   assert_int_equal(l.n, 7);
   assert_int_equal(l.values[2], 3);
   for (int i = 0; i < 4; i++) assert_int_equal(in[i], 0xab);
+}
+
+/* A handler that takes two elements of a string and declines the third: the string ends
+ * there as at an absent device, and the caller never gets the elements the handler took. */
+static void test_string_io_declined_part_way(void **state) {
+  struct fixture *f = *state;
+  struct io_log l = {.reply = 0xab, .ret = VMM_UNHANDLED, .handle_first = 2};
+  assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x70, 1, log_io, &l, NULL), 0);
+  uint8_t out_buf[4] = {1, 2, 3, 4};
+  vmm_exit_t e = mock_io_exit(0x70, 1, 1, 0);
+  e.io.count = 4;
+  e.io.buf = out_buf;
+  mock_push_exit(f->vcpu, &e);
+  vmm_exit_t out;
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
+  assert_int_equal(out.reason, VMM_EXIT_HLT);
+  assert_int_equal(l.n, 3);
+  assert_int_equal(l.values[0], 1);
+  assert_int_equal(l.values[1], 2);
+  struct io_log r = {.reply = 0xab, .ret = VMM_UNHANDLED, .handle_first = 2};
+  assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x71, 1, log_io, &r, NULL), 0);
+  uint8_t in[4] = {0, 0, 0, 0};
+  e = mock_io_exit(0x71, 1, 0, 0);
+  e.io.count = 4;
+  e.io.buf = in;
+  mock_push_exit(f->vcpu, &e);
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
+  assert_int_equal(out.reason, VMM_EXIT_HLT);
+  assert_int_equal(in[0], 0xab);
+  assert_int_equal(in[1], 0xab);
+  assert_int_equal(in[2], 0xff);
+  assert_int_equal(in[3], 0xff);
+  /* Declining the first element still hands the whole string to the caller. */
+  struct io_log d = {.ret = VMM_UNHANDLED};
+  assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x72, 1, log_io, &d, NULL), 0);
+  e = mock_io_exit(0x72, 1, 1, 0);
+  e.io.count = 4;
+  e.io.buf = out_buf;
+  mock_push_exit(f->vcpu, &e);
+  assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
+  assert_int_equal(out.reason, VMM_EXIT_IO);
+  assert_int_equal(out.io.count, 4);
+  assert_int_equal(d.n, 1);
 }
 
 static vmm_exit_t hc_exit(uint64_t nr, uint64_t a0, uint64_t a1) {
@@ -352,6 +397,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_handler_error_ends_run_with_code, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pio_access_past_window_is_not_the_handlers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_string_io_dispatches_every_element, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_string_io_declined_part_way, setup, teardown),
       cmocka_unit_test_setup_teardown(test_builtin_hypercalls, setup, teardown),
       cmocka_unit_test_setup_teardown(test_user_hypercall_handler_and_unknown_numbers, setup, teardown),
       cmocka_unit_test_setup_teardown(test_handler_overrides_builtin, setup, teardown),
