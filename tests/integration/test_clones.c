@@ -24,22 +24,13 @@
 #include <libvmm/snapshot.h>
 #include <libvmm/vmm.h>
 
+#include "itest_check.h"
+
 extern const uint8_t prog_mp_start[], prog_mp_consumer[], prog_mp_end[];
 extern const uint8_t prog_ioloop_start[], prog_ioloop_end[], prog_romw_start[], prog_romw_end[];
 
 #define LOAD_GPA 0x100000ull
 #define FLAG_GPA 0x200000ull
-
-static int failures;
-
-#define CHECK(cond, ...)           \
-  do {                             \
-    if (!(cond)) {                 \
-      printf("FAIL " __VA_ARGS__); \
-      printf("\n");                \
-      failures++;                  \
-    }                              \
-  } while (0)
 
 static uint64_t ms_now(void) {
   struct timespec ts;

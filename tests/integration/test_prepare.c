@@ -24,18 +24,9 @@
 #include <libvmm/vmm.h>
 
 #include "itest.h"
+#include "itest_check.h"
 
 static const char *guest_dir = ".";
-static int failures;
-
-#define CHECK(cond, ...)           \
-  do {                             \
-    if (!(cond)) {                 \
-      printf("FAIL " __VA_ARGS__); \
-      printf("\n");                \
-      failures++;                  \
-    }                              \
-  } while (0)
 
 #define NKEEP 6
 

@@ -160,20 +160,23 @@ static void test_handler_error_ends_run_with_code(void **state) {
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), VMM_EIO);
 }
 
+/* Queues a string I/O exit of `count` one-byte elements at `port` over `buf`. */
+static void push_string_io(vmm_vcpu_t *vcpu, uint16_t port, int is_write, uint8_t *buf,
+                           uint32_t count) {
+  vmm_exit_t e = mock_io_exit(port, 1, is_write, 0);
+  e.io.count = count;
+  e.io.buf = buf;
+  mock_push_exit(vcpu, &e);
+}
+
 static void test_string_io_dispatches_every_element(void **state) {
   struct fixture *f = *state;
   struct io_log l = {.reply = 0xab, .ret = VMM_HANDLED};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x70, 1, log_io, &l, NULL), 0);
   uint8_t buf[3] = {1, 2, 3};
-  vmm_exit_t e = mock_io_exit(0x70, 1, 1, 0);
-  e.io.count = 3;
-  e.io.buf = buf;
-  mock_push_exit(f->vcpu, &e);
+  push_string_io(f->vcpu, 0x70, 1, buf, 3);
   uint8_t in[4] = {0, 0, 0, 0};
-  e = mock_io_exit(0x70, 1, 0, 0);
-  e.io.count = 4;
-  e.io.buf = in;
-  mock_push_exit(f->vcpu, &e);
+  push_string_io(f->vcpu, 0x70, 0, in, 4);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
   assert_int_equal(out.reason, VMM_EXIT_HLT);
@@ -189,10 +192,7 @@ static void test_string_io_declined_part_way(void **state) {
   struct io_log l = {.reply = 0xab, .ret = VMM_UNHANDLED, .handle_first = 2};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x70, 1, log_io, &l, NULL), 0);
   uint8_t out_buf[4] = {1, 2, 3, 4};
-  vmm_exit_t e = mock_io_exit(0x70, 1, 1, 0);
-  e.io.count = 4;
-  e.io.buf = out_buf;
-  mock_push_exit(f->vcpu, &e);
+  push_string_io(f->vcpu, 0x70, 1, out_buf, 4);
   vmm_exit_t out;
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
   assert_int_equal(out.reason, VMM_EXIT_HLT);
@@ -202,10 +202,7 @@ static void test_string_io_declined_part_way(void **state) {
   struct io_log r = {.reply = 0xab, .ret = VMM_UNHANDLED, .handle_first = 2};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x71, 1, log_io, &r, NULL), 0);
   uint8_t in[4] = {0, 0, 0, 0};
-  e = mock_io_exit(0x71, 1, 0, 0);
-  e.io.count = 4;
-  e.io.buf = in;
-  mock_push_exit(f->vcpu, &e);
+  push_string_io(f->vcpu, 0x71, 0, in, 4);
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
   assert_int_equal(out.reason, VMM_EXIT_HLT);
   assert_int_equal(in[0], 0xab);
@@ -215,10 +212,7 @@ static void test_string_io_declined_part_way(void **state) {
   /* Declining the first element still hands the whole string to the caller. */
   struct io_log d = {.ret = VMM_UNHANDLED};
   assert_int_equal(vmm_vm_add_pio_handler(f->vm, 0x72, 1, log_io, &d, NULL), 0);
-  e = mock_io_exit(0x72, 1, 1, 0);
-  e.io.count = 4;
-  e.io.buf = out_buf;
-  mock_push_exit(f->vcpu, &e);
+  push_string_io(f->vcpu, 0x72, 1, out_buf, 4);
   assert_int_equal(vmm_vcpu_run(f->vcpu, &out), 0);
   assert_int_equal(out.reason, VMM_EXIT_IO);
   assert_int_equal(out.io.count, 4);
